@@ -1,0 +1,172 @@
+//! The `relay` command line: `serve`, `migrate`, `seed demo`, `token`, `master import`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::auth::{Role, parse_ttl};
+use crate::config::Settings;
+use crate::domain::identifiers::FacilityCode;
+use crate::seed::{self, MasterFiles};
+use crate::startup::{self, Application};
+use crate::{db, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(name = "relay", version, about = "E-prescription relay (電子処方箋 relay)")]
+pub struct Cli {
+    /// Directory holding default.toml, {RELAY_ENV}.toml and local.toml.
+    #[arg(long, env = "RELAY_CONFIG_DIR", default_value = "config", global = true)]
+    pub config_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (migrates first unless database.migrate_on_start = false).
+    Serve,
+    /// Apply the SQL migrations in sql/.
+    Migrate,
+    /// Load demo data.
+    Seed {
+        #[command(subcommand)]
+        what: SeedCommand,
+    },
+    /// Print a signed JWT the server accepts.
+    ///
+    /// Example: relay token --facility 9918000010 --role doctor --staff doctor-1 --ttl 1h
+    Token {
+        /// 10-digit institution or pharmacy code (check digit verified).
+        #[arg(long)]
+        facility: String,
+        /// doctor, clinic_clerk, pharmacist, pharmacy_clerk or admin.
+        #[arg(long)]
+        role: Role,
+        /// Staff id (the token's `sub`).
+        #[arg(long)]
+        staff: String,
+        /// Lifetime such as 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+    },
+    /// Drug master and contraindication tables.
+    Master {
+        #[command(subcommand)]
+        what: MasterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeedCommand {
+    /// Demo facilities, staff, insured persons and the default drug master; idempotent.
+    Demo {
+        /// Directory with the MHLW list and the contraindication seed (default: master.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MasterCommand {
+    /// Replace the given tables in one transaction.
+    ///
+    /// Example: relay master import --yakka ../shared/data/mhlw-yakka-list-20250716.csv
+    ///          --contraindications ../shared/data/contraindications-seed.csv --receipt y.csv
+    Import {
+        /// MHLW 薬価基準収載品目リスト (UTF-8 CSV with its header row).
+        #[arg(long)]
+        yakka: Option<PathBuf>,
+        /// 併用禁忌 pairs: ingredient_a,route_a,ingredient_b,route_b,basis (UTF-8, header).
+        #[arg(long)]
+        contraindications: Option<PathBuf>,
+        /// レセ電 医薬品マスター y.csv (Shift_JIS, no header, official column order).
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&cli.config_dir)?;
+    telemetry::init(&settings.log);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped().await?;
+            tracing::info!("relay stopped");
+        }
+        Command::Migrate => {
+            let pool = db::pool(&settings)?;
+            let applied = db::migrate(&pool).await.with_context(|| {
+                format!("cannot migrate {}", settings.database_url.redacted())
+            })?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for m in applied {
+                println!("applied {m}");
+            }
+        }
+        Command::Seed {
+            what: SeedCommand::Demo { data_dir },
+        } => {
+            let pool = db::pool(&settings)?;
+            db::migrate(&pool).await?;
+            let dir = data_dir.unwrap_or_else(|| settings.master.data_dir.clone());
+            let report = seed::demo(&pool, &dir).await?;
+            println!(
+                "demo seeded: 4 facilities, {} staff, {} insured persons; master: {} drugs, {} ingredient rows, {} contraindication pairs",
+                seed::DEMO_STAFF.len(),
+                seed::demo_insured().len(),
+                report.drugs,
+                report.ingredients,
+                report.contraindications
+            );
+            if !report.unknown_ingredients.is_empty() {
+                println!(
+                    "contraindication ingredients not found in the drug master: {}",
+                    report.unknown_ingredients.join(", ")
+                );
+            }
+        }
+        Command::Token {
+            facility,
+            role,
+            staff,
+            ttl,
+        } => {
+            let facility = FacilityCode::parse(&facility)
+                .map_err(|e| anyhow::anyhow!("--facility: {e}"))?;
+            if staff.trim().is_empty() {
+                anyhow::bail!("--staff must not be empty");
+            }
+            let keys = startup::load_keys(&settings)?;
+            println!("{}", keys.mint(staff.trim(), facility.as_str(), role, ttl)?);
+        }
+        Command::Master {
+            what:
+                MasterCommand::Import {
+                    yakka,
+                    contraindications,
+                    receipt,
+                },
+        } => {
+            if yakka.is_none() && contraindications.is_none() && receipt.is_none() {
+                anyhow::bail!("give at least one of --yakka, --contraindications, --receipt");
+            }
+            let pool = db::pool(&settings)?;
+            db::migrate(&pool).await?;
+            let report = seed::import_master(
+                &pool,
+                &MasterFiles {
+                    yakka,
+                    contraindications,
+                    receipt,
+                },
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Layered configuration: `config/default.toml`, then `config/{RELAY_ENV}.toml`, then the git-ignored
+//! `config/local.toml`, then `RELAY_…` environment variables (`__` separates nested keys, so
+//! `RELAY_THROTTLE__IDENTITY_LIMIT=3`). `RELAY_DATABASE_URL` and `RELAY_LISTEN` are top-level keys so
+//! they always work as the contract promises.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::AuthSettings;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// `host:port` the HTTP server binds.
+    pub listen: String,
+    /// `postgres://` URL. Never logged as is: see [`DatabaseUrl`].
+    pub database_url: DatabaseUrl,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub throttle: ThrottleSettings,
+    #[serde(default)]
+    pub master: MasterSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    pub pool_size: usize,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_ms: u64,
+    /// Applies migrations when `relay serve` starts (also available as `relay migrate`).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            acquire_timeout_ms: 2_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// Failed 引換番号 guesses tolerated before `429 TOO_MANY_ATTEMPTS`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ThrottleSettings {
+    pub window_seconds: i64,
+    /// Failures per insurance identity within the window.
+    pub identity_limit: i64,
+    /// Failures per pharmacy within the window.
+    pub pharmacy_limit: i64,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            window_seconds: 600,
+            identity_limit: 5,
+            pharmacy_limit: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MasterSettings {
+    /// Where `relay seed demo` finds the MHLW list and the contraindication seed.
+    pub data_dir: PathBuf,
+}
+
+impl Default for MasterSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("../shared/data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` wins when set.
+    pub filter: String,
+    /// `pretty` for people, `json` for log shippers.
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: "pretty".into(),
+        }
+    }
+}
+
+/// A database URL whose password never reaches a log line or a `Debug` print.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for messages.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:***@host/db
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] config::ConfigError);
+
+impl Settings {
+    /// Reads the layers from `config_dir` (normally `./config`).
+    pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
+        let env = std::env::var("RELAY_ENV").unwrap_or_else(|_| "local".into());
+        let built = config::Config::builder()
+            .set_default("listen", "127.0.0.1:8080")?
+            .set_default("database_url", "postgres://relay@127.0.0.1:5432/relay")?
+            .add_source(config::File::from(config_dir.join("default.toml")).required(false))
+            .add_source(config::File::from(config_dir.join(format!("{env}.toml"))).required(false))
+            .add_source(config::File::from(config_dir.join("local.toml")).required(false))
+            .add_source(
+                config::Environment::with_prefix("RELAY")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?;
+        Ok(built.try_deserialize()?)
+    }
+
+    /// Defaults for everything but the database: for tests and tools that build settings in code.
+    pub fn with_database(database_url: DatabaseUrl) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            database_url,
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            throttle: ThrottleSettings::default(),
+            master: MasterSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+
+    /// The configuration directory: `RELAY_CONFIG_DIR`, else `./config`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("RELAY_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        let url = DatabaseUrl::new("postgres://relay:s3cret@127.0.0.1:5433/relay");
+        assert_eq!(url.redacted(), "postgres://relay:***@127.0.0.1:5433/relay");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            DatabaseUrl::new("postgres://relay@h/db").redacted(),
+            "postgres://relay@h/db"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Every SQL statement of the relay lives in this module tree, one module per table (the schema
+//! itself lives in `sql/`). Functions take a [`GenericClient`] so the caller decides the
+//! transaction; statements are prepared once per connection (`prepare_cached`).
+
+pub mod events;
+pub mod facilities;
+pub mod idempotency;
+pub mod insured;
+pub mod master;
+pub mod prescriptions;
+pub mod staff;
+pub mod throttle;
+
+use std::time::Duration;
+
+pub use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::Settings;
+
+/// What the HTTP layer needs to know about a database failure: whether the database was
+/// unreachable (answer 503, retry later) or a statement failed (a bug: answer 500 and log).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database statement failed: {0}")]
+    Statement(tokio_postgres::Error),
+    /// A stored value no longer parses: a bug or a manual edit, never the client's fault.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let connection_lost = e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let server_going_away = e.code().is_some_and(|c| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(c)
+        });
+        if connection_lost || server_going_away {
+            DbError::Unavailable(e.to_string())
+        } else {
+            DbError::Statement(e)
+        }
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            other => DbError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolSetupError {
+    #[error("RELAY_DATABASE_URL ({url}) is not a valid PostgreSQL URL: {source}")]
+    Url {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot build the connection pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+}
+
+/// A pool that never makes a request wait longer than `acquire_timeout_ms` for a connection.
+pub fn pool(settings: &Settings) -> Result<Pool, PoolSetupError> {
+    let mut pg: tokio_postgres::Config =
+        settings
+            .database_url
+            .expose()
+            .parse()
+            .map_err(|source| PoolSetupError::Url {
+                url: settings.database_url.redacted(),
+                source,
+            })?;
+    let timeout = Duration::from_millis(settings.database.acquire_timeout_ms);
+    pg.connect_timeout(timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name("relay");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(settings.database.pool_size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(Runtime::Tokio1)
+        .build()?)
+}
+
+mod embedded {
+    refinery::embed_migrations!("../sql");
+}
+
+/// Applies the migrations in `sql/` that have not run yet. Concurrent relays serialise on an
+/// advisory lock so only one applies them.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<String>> {
+    const LOCK: i64 = 0x7265_6c61_7900; // "relay\0"
+    let mut client = pool.get().await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK]).await?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut **client)
+        .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await?;
+    let report = report?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}
+
+/// For `/readyz`: a round trip to the database.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! SQL for `prescriptions` and `dispensings`. The receive is one atomic UPDATE: whichever pharmacy's
+//! statement takes the row lock first moves it to `dispensing`; every other one re-checks the WHERE
+//! clause against the new row version and matches nothing.
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use uuid::Uuid;
+
+use super::{DbError, GenericClient};
+use crate::domain::dispensing::Dispensing;
+use crate::domain::identifiers::{ExchangeNumber, FacilityCode, InsuranceIdentity};
+use crate::domain::lifecycle::{IssueType, Status, Validity};
+use crate::domain::prescription::Prescription;
+
+/// A prescription row as the relay keeps it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: Uuid,
+    pub issuer_code: String,
+    pub issued_by: String,
+    pub issue_type: IssueType,
+    pub status: Status,
+    pub exchange_number: String,
+    pub issued_on: Date,
+    pub refill_count: Option<i16>,
+    pub validity: Validity,
+    pub document: Prescription,
+    pub holder_code: Option<String>,
+    pub held_since: Option<Timestamp>,
+    pub cancellation_pending: bool,
+    pub cancellation_reason: Option<String>,
+    pub cancelled_at: Option<Timestamp>,
+    pub has_important_note: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+const COLUMNS: &str = "id, issuer_code, issued_by, issue_type, status, exchange_number, issued_on,
+    refill_count, valid_until, uses_dispensed, next_refill_date, document, holder_code, held_since,
+    cancellation_pending, cancellation_reason, cancelled_at, has_important_note, created_at, updated_at";
+
+fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
+    let issue_type: String = row.get(3);
+    let status: String = row.get(4);
+    let document: serde_json::Value = row.get(11);
+    let corrupt = |what: &str| {
+        DbError::Corrupt(format!(
+            "prescription {} has an unreadable {what}",
+            row.get::<_, Uuid>(0)
+        ))
+    };
+    Ok(Record {
+        id: row.get(0),
+        issuer_code: row.get(1),
+        issued_by: row.get(2),
+        issue_type: IssueType::parse(&issue_type).ok_or_else(|| corrupt("issue_type"))?,
+        status: Status::parse(&status).ok_or_else(|| corrupt("status"))?,
+        exchange_number: row.get(5),
+        issued_on: row.get(6),
+        refill_count: row.get(7),
+        validity: Validity {
+            valid_until: row.get(8),
+            uses_dispensed: row.get(9),
+            next_refill_date: row.get(10),
+        },
+        document: serde_json::from_value(document).map_err(|_| corrupt("document"))?,
+        holder_code: row.get(12),
+        held_since: row.get(13),
+        cancellation_pending: row.get(14),
+        cancellation_reason: row.get(15),
+        cancelled_at: row.get(16),
+        has_important_note: row.get(17),
+        created_at: row.get(18),
+        updated_at: row.get(19),
+    })
+}
+
+/// Inserts a registered prescription with `exchange_number`; `None` when that number is already
+/// taken by one of the patient's open prescriptions (the caller draws another).
+pub async fn insert(
+    c: &impl GenericClient,
+    id: Uuid,
+    issuer: &FacilityCode,
+    issued_by: &str,
+    p: &Prescription,
+    exchange_number: &ExchangeNumber,
+) -> Result<Option<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO prescriptions (id, issuer_code, issued_by, issue_type, status, exchange_number,
+                 insurer_number, symbol, number, branch, birth_date, issued_on, valid_until,
+                 refill_count, document)
+             VALUES ($1, $2, $3, $4, 'registered', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (insurer_number, symbol, number, branch, exchange_number)
+                 WHERE status IN ('registered', 'dispensing') DO NOTHING
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let document =
+        serde_json::to_value(p).map_err(|e| DbError::Corrupt(format!("document: {e}")))?;
+    let refill = p.refill_count.map(i16::from);
+    let row = c
+        .query_opt(
+            &stmt,
+            &[
+                &id,
+                &issuer.as_str(),
+                &issued_by,
+                &p.issue_type.as_str(),
+                &exchange_number.as_str(),
+                &p.insurance.insurer_number.as_str(),
+                &p.insurance.symbol.as_str(),
+                &p.insurance.number.as_str(),
+                &p.insurance.branch.as_str(),
+                &p.patient.birth_date,
+                &p.issued_on,
+                &p.valid_until,
+                &refill,
+                &document,
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM prescriptions WHERE id = $1"))
+        .await?;
+    c.query_opt(&stmt, &[&id]).await?.as_ref().map(from_row).transpose()
+}
+
+/// Locks the row for a state change in the caller's transaction.
+pub async fn get_for_update(c: &impl GenericClient, id: Uuid) -> Result<Option<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions WHERE id = $1 FOR UPDATE"
+        ))
+        .await?;
+    c.query_opt(&stmt, &[&id]).await?.as_ref().map(from_row).transpose()
+}
+
+/// The clinic's own prescriptions matching an (optional) insurance identity and issue-date range,
+/// newest first.
+pub struct Search<'a> {
+    pub issuer: &'a str,
+    pub insurer_number: Option<&'a str>,
+    pub symbol: Option<&'a str>,
+    pub number: Option<&'a str>,
+    pub branch: Option<&'a str>,
+    pub issued_from: Date,
+    pub issued_to: Date,
+    pub limit: i64,
+}
+
+pub async fn search(c: &impl GenericClient, s: &Search<'_>) -> Result<Vec<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions
+             WHERE issuer_code = $1
+               AND ($2::text IS NULL OR insurer_number = $2)
+               AND ($3::text IS NULL OR symbol = $3)
+               AND ($4::text IS NULL OR number = $4)
+               AND ($5::text IS NULL OR branch = $5)
+               AND issued_on BETWEEN $6 AND $7
+             ORDER BY issued_on DESC, created_at DESC
+             LIMIT $8"
+        ))
+        .await?;
+    c.query(
+        &stmt,
+        &[
+            &s.issuer,
+            &s.insurer_number,
+            &s.symbol,
+            &s.number,
+            &s.branch,
+            &s.issued_from,
+            &s.issued_to,
+            &s.limit,
+        ],
+    )
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// The receive by 引換番号: one statement that moves a receivable prescription matching the number
+/// and the whole insurance identity (and the birth date when given) to `dispensing`, held by
+/// `pharmacy`. `None` when nothing receivable matched.
+pub async fn receive_by_number(
+    c: &impl GenericClient,
+    number: &ExchangeNumber,
+    identity: &InsuranceIdentity,
+    birth_date: Option<Date>,
+    pharmacy: &str,
+    today: Date,
+) -> Result<Option<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE prescriptions
+                SET status = 'dispensing', holder_code = $7, held_since = now(), updated_at = now()
+              WHERE exchange_number = $1 AND insurer_number = $2 AND symbol = $3 AND number = $4
+                AND branch = $5 AND ($6::date IS NULL OR birth_date = $6)
+                AND status = 'registered'
+                AND CASE WHEN uses_dispensed = 0 OR next_refill_date IS NULL THEN $8 <= valid_until
+                         ELSE $8 BETWEEN next_refill_date - 7 AND next_refill_date + 7 END
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let row = c
+        .query_opt(
+            &stmt,
+            &[
+                &number.as_str(),
+                &identity.insurer_number.as_str(),
+                &identity.symbol.as_str(),
+                &identity.number.as_str(),
+                &identity.branch.as_str(),
+                &birth_date,
+                &pharmacy,
+                &today,
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// After a receive matched nothing: the prescription the number and identity point at, if any,
+/// preferring an open one (numbers are unique only among open prescriptions).
+pub async fn find_by_number(
+    c: &impl GenericClient,
+    number: &ExchangeNumber,
+    identity: &InsuranceIdentity,
+    birth_date: Option<Date>,
+) -> Result<Option<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions
+              WHERE exchange_number = $1 AND insurer_number = $2 AND symbol = $3 AND number = $4
+                AND branch = $5 AND ($6::date IS NULL OR birth_date = $6)
+              ORDER BY (status IN ('registered', 'dispensing')) DESC, created_at DESC
+              LIMIT 1"
+        ))
+        .await?;
+    let row = c
+        .query_opt(
+            &stmt,
+            &[
+                &number.as_str(),
+                &identity.insurer_number.as_str(),
+                &identity.symbol.as_str(),
+                &identity.number.as_str(),
+                &identity.branch.as_str(),
+                &birth_date,
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Records that a registered prescription's window has closed.
+pub async fn mark_expired(c: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE prescriptions SET status = 'expired', updated_at = now()
+              WHERE id = $1 AND status = 'registered'",
+        )
+        .await?;
+    Ok(c.execute(&stmt, &[&id]).await? == 1)
+}
+
+pub async fn set_cancelled(c: &impl GenericClient, id: Uuid, reason: &str) -> Result<(), DbError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE prescriptions
+                SET status = 'cancelled', cancellation_pending = false, cancellation_reason = $2,
+                    cancelled_at = now(), holder_code = NULL, held_since = NULL, updated_at = now()
+              WHERE id = $1",
+        )
+        .await?;
+    c.execute(&stmt, &[&id, &reason]).await?;
+    Ok(())
+}
+
+pub async fn set_cancellation_pending(
+    c: &impl GenericClient,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), DbError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE prescriptions
+                SET cancellation_pending = true, cancellation_reason = $2, updated_at = now()
+              WHERE id = $1 AND status = 'dispensing'",
+        )
+        .await?;
+    c.execute(&stmt, &[&id, &reason]).await?;
+    Ok(())
+}
+
+/// 受付取消: back to `registered`, no holder.
+pub async fn set_released(c: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE prescriptions
+                SET status = 'registered', holder_code = NULL, held_since = NULL, updated_at = now()
+              WHERE id = $1 AND status = 'dispensing'",
+        )
+        .await?;
+    c.execute(&stmt, &[&id]).await?;
+    Ok(())
+}
+
+/// Records a dispensing result and moves the prescription on: to `dispensed` after its last use,
+/// back to `registered` (no holder) while refill uses remain, or to `cancelled` when a cancellation
+/// was pending and uses remained.
+pub async fn record_dispensing(
+    c: &impl GenericClient,
+    record: &Record,
+    pharmacy: &str,
+    pharmacist: &str,
+    d: &Dispensing,
+    next_status: Status,
+) -> Result<i16, DbError> {
+    let use_number = record.validity.uses_dispensed + 1;
+    let items = serde_json::to_value(&d.items).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let inquiry = d
+        .inquiry
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let insert = c
+        .prepare_cached(
+            "INSERT INTO dispensings (prescription_id, use_number, pharmacy_code, pharmacist,
+                 dispensed_on, items, inquiry, important_note, next_refill_date)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?;
+    c.execute(
+        &insert,
+        &[
+            &record.id,
+            &use_number,
+            &pharmacy,
+            &pharmacist,
+            &d.dispensed_on,
+            &items,
+            &inquiry,
+            &d.important_note,
+            &d.next_refill_date,
+        ],
+    )
+    .await?;
+    let update = c
+        .prepare_cached(
+            "UPDATE prescriptions
+                SET status = $2, uses_dispensed = $3, next_refill_date = $4,
+                    holder_code = CASE WHEN $2 = 'dispensed' THEN holder_code END,
+                    held_since = CASE WHEN $2 = 'dispensed' THEN held_since END,
+                    cancellation_pending = false,
+                    cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() END,
+                    has_important_note = has_important_note OR $5,
+                    updated_at = now()
+              WHERE id = $1",
+        )
+        .await?;
+    c.execute(
+        &update,
+        &[
+            &record.id,
+            &next_status.as_str(),
+            &use_number,
+            &d.next_refill_date,
+            &d.important_note.is_some(),
+        ],
+    )
+    .await?;
+    Ok(use_number)
+}
+
+/// A dispensing result as stored.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DispensingRecord {
+    pub use_number: i16,
+    pub pharmacy_code: String,
+    pub pharmacist: String,
+    #[serde(flatten)]
+    pub dispensing: Dispensing,
+    #[schema(value_type = String, format = DateTime)]
+    pub recorded_at: Timestamp,
+}
+
+pub async fn dispensings(
+    c: &impl GenericClient,
+    prescription_id: Uuid,
+) -> Result<Vec<DispensingRecord>, DbError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT use_number, pharmacy_code, pharmacist, dispensed_on, items, inquiry,
+                    important_note, next_refill_date, recorded_at
+               FROM dispensings WHERE prescription_id = $1 ORDER BY use_number",
+        )
+        .await?;
+    c.query(&stmt, &[&prescription_id])
+        .await?
+        .iter()
+        .map(|r| {
+            let items: serde_json::Value = r.get(4);
+            let inquiry: Option<serde_json::Value> = r.get(5);
+            let corrupt = |_| DbError::Corrupt(format!("dispensing of {prescription_id}"));
+            Ok(DispensingRecord {
+                use_number: r.get(0),
+                pharmacy_code: r.get(1),
+                pharmacist: r.get(2),
+                dispensing: Dispensing {
+                    dispensed_on: r.get(3),
+                    items: serde_json::from_value(items).map_err(corrupt)?,
+                    inquiry: inquiry
+                        .map(serde_json::from_value)
+                        .transpose()
+                        .map_err(corrupt)?,
+                    important_note: r.get(6),
+                    next_refill_date: r.get(7),
+                },
+                recorded_at: r.get(8),
+            })
+        })
+        .collect()
+}

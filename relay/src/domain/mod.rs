@@ -1,0 +1,15 @@
+//! The e-prescription domain: identifiers that parse once, the prescription and its lifecycle,
+//! dispensing, and the drug master. Nothing here knows HTTP or SQL (see ARCHITECTURE.md).
+
+pub mod check_digit;
+pub mod dispensing;
+pub mod errors;
+pub mod facility;
+pub mod identifiers;
+pub mod lifecycle;
+pub mod master;
+pub mod prescription;
+pub mod text;
+pub mod time;
+
+pub use errors::{FieldError, FieldErrors};

@@ -1,0 +1,59 @@
+//! The HTTP boundary: routes, extractors and JSON shapes. The only module that knows status codes.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+pub mod prescriptions;
+pub mod state;
+pub mod tx;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Registers every route. Literal paths (`/receive`) come before `{id}` patterns.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::field("query", "INVALID_VALUE", format!("the query string is invalid: {err}")).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|err, _| {
+        ApiError::not_found("NOT_FOUND", format!("no such resource: {err}")).into()
+    }))
+    .service(health::healthz)
+    .service(health::readyz)
+    .service(health::jwks)
+    .service(admin::create_facility)
+    .service(admin::create_insured)
+    .service(prescriptions::receive)
+    .service(prescriptions::register)
+    .service(prescriptions::search)
+    .service(prescriptions::get_one)
+    .service(prescriptions::cancel)
+    .service(prescriptions::release)
+    .service(prescriptions::dispense)
+    .service(prescriptions::list_events)
+    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()))
+    .route(
+        "/docs",
+        web::get().to(|| async {
+            HttpResponse::Found()
+                .insert_header(("Location", "/docs/"))
+                .finish()
+        }),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    ApiError::not_found(
+        "NOT_FOUND",
+        format!("no route for {} {}; see /docs", req.method(), req.path()),
+    )
+    .error_response()
+}

@@ -1,0 +1,72 @@
+//! The OpenAPI document served at `/openapi.json` (Swagger UI at `/docs`).
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, health, prescriptions};
+
+const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
+exclusively by 引換番号 plus the insurance identity.
+
+Every error is `application/problem+json` with `status`, `title`, `detail` and a stable `code`;
+validation errors list every bad field in `errors[]` (`field`, `code`, `message`).
+
+Every state-changing POST accepts an `Idempotency-Key` header. The same key with the same request
+returns the stored status and body (header `Idempotent-Replayed: true`); the same key with a
+different request is `422 IDEMPOTENCY_KEY_REUSED`. Only completed requests are stored: after an
+error the key may be used again.
+
+| status | codes | may the client retry? |
+|---|---|---|
+| 400 | MALFORMED_JSON | no: fix the body |
+| 401 | UNAUTHENTICATED | only with a new, valid token |
+| 403 | FORBIDDEN | no: wrong role or facility |
+| 404 | PRESCRIPTION_NOT_FOUND, NOT_FOUND | no: check the 引換番号 and identity with the patient (failed receives count towards the throttle) |
+| 409 | HELD_BY_ANOTHER_PHARMACY, ALREADY_DISPENSED, NOT_HELD, REFILL_NOT_DUE, FACILITY_EXISTS, COVERAGE_EXISTS | not as is: the prescription's state must change first (e.g. the holder releases it) |
+| 410 | PRESCRIPTION_CANCELLED, PRESCRIPTION_EXPIRED | never |
+| 413, 415 | BODY_NOT_READABLE, UNSUPPORTED_MEDIA_TYPE | no: fix the request |
+| 422 | VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED | no: fix the fields / use a new key |
+| 429 | TOO_MANY_ATTEMPTS | yes, after `Retry-After` seconds |
+| 500 | INTERNAL | yes, with the same `Idempotency-Key` |
+| 503 | DATABASE_UNAVAILABLE | yes, after `Retry-After`, with the same `Idempotency-Key` |
+"#;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "e-prescription relay", description = DESCRIPTION),
+    paths(
+        health::healthz,
+        health::readyz,
+        health::jwks,
+        admin::create_facility,
+        admin::create_insured,
+        prescriptions::register,
+        prescriptions::search,
+        prescriptions::get_one,
+        prescriptions::cancel,
+        prescriptions::receive,
+        prescriptions::release,
+        prescriptions::dispense,
+        prescriptions::list_events,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "prescriptions", description = "clinic side"),
+        (name = "dispensing", description = "pharmacy side"),
+        (name = "admin", description = "registries (role admin)"),
+        (name = "operations", description = "health and keys"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.bearer_format = Some("JWT".into());
+            components.add_security_scheme("bearer", SecurityScheme::Http(http));
+        }
+    }
+}

@@ -1,0 +1,996 @@
+//! `/v1/prescriptions`: registration, the clinic's lookup, cancellation, the pharmacy's receive,
+//! release and dispensing, and the event log.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use jiff::ToSpan;
+use jiff::Timestamp;
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem};
+use super::extract::{Caller, IdempotencyKey, JsonBytes};
+use super::state::AppState;
+use super::tx::{Reply, idempotent};
+use crate::auth::Role;
+use crate::db::prescriptions::{DispensingRecord, Record, Search};
+use crate::db::{self, DbError, GenericClient, events, facilities, master, prescriptions, throttle};
+use crate::domain::FieldError;
+use crate::domain::dispensing::{DispenseContext, DispenseDraft};
+use crate::domain::errors::FieldErrors;
+use crate::domain::identifiers::{
+    Branch, ExchangeNumber, FacilityKind, InsuranceIdentity, InsuredNumber, InsuredSymbol,
+    InsurerNumber,
+};
+use crate::domain::lifecycle::{EventAction, IssueType, Status, Window, effective_status};
+use crate::domain::prescription::{CodeSystem, DoctorDraft, DrugRef, Prescription, PrescriptionDraft};
+use crate::domain::time::today;
+
+const CLINIC_READERS: &[Role] = &[Role::Doctor, Role::ClinicClerk];
+const PHARMACY_STAFF: &[Role] = &[Role::Pharmacist, Role::PharmacyClerk];
+
+// ---------------------------------------------------------------------------------------------
+// Shapes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FacilityRef {
+    pub code: String,
+    pub name: Option<String>,
+}
+
+/// The result of the duplicate/contraindication check run inside registration.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CheckSummary {
+    /// `unavailable` until the check engine is in place: never reported as `clear`.
+    pub outcome: &'static str,
+    pub detail: &'static str,
+}
+
+const CHECK_NOT_RUN: CheckSummary = CheckSummary {
+    outcome: "unavailable",
+    detail: "duplicate and contraindication checks are not available in this relay version; check by other means",
+};
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Registered {
+    pub prescription_id: Uuid,
+    /// 引換番号: 6 digits, leading zeros significant.
+    pub exchange_number: String,
+    pub status: Status,
+    pub issue_type: IssueType,
+    #[schema(value_type = String, format = Date)]
+    pub valid_until: Date,
+    pub check: CheckSummary,
+}
+
+/// A prescription as its issuer or its holder sees it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PrescriptionView {
+    pub prescription_id: Uuid,
+    pub exchange_number: String,
+    pub status: Status,
+    pub issue_type: IssueType,
+    pub issuer: FacilityRef,
+    pub issued_by: String,
+    pub holder: Option<FacilityRef>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub held_since: Option<Timestamp>,
+    /// A cancellation requested while a pharmacy holds the prescription; applied on release.
+    pub cancellation_pending: bool,
+    pub cancellation_reason: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub cancelled_at: Option<Timestamp>,
+    #[schema(value_type = String, format = Date)]
+    pub issued_on: Date,
+    #[schema(value_type = String, format = Date)]
+    pub valid_until: Date,
+    pub refill_count: Option<i16>,
+    pub uses_dispensed: i16,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub next_refill_date: Option<Date>,
+    /// True when a dispensing result carries a 重要な伝達事項 for the prescriber.
+    pub has_important_note: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub registered_at: Timestamp,
+    pub prescription: Prescription,
+    pub dispensings: Vec<DispensingRecord>,
+}
+
+/// One line of the clinic's lookup (the lost-控え case).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PrescriptionSummary {
+    pub prescription_id: Uuid,
+    pub exchange_number: String,
+    pub status: Status,
+    pub issue_type: IssueType,
+    #[schema(value_type = String, format = Date)]
+    pub issued_on: Date,
+    #[schema(value_type = String, format = Date)]
+    pub valid_until: Date,
+    pub patient_name: String,
+    #[schema(value_type = String, format = Date)]
+    pub birth_date: Date,
+    pub holder_code: Option<String>,
+    pub cancellation_pending: bool,
+    pub has_important_note: bool,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PrescriptionList {
+    pub prescriptions: Vec<PrescriptionSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StatusReply {
+    pub prescription_id: Uuid,
+    /// `cancelled`, `pending_cancellation`, `registered`, `dispensed`, …
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub events: Vec<events::Event>,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InsuredKey {
+    pub insurer_number: String,
+    #[serde(default)]
+    pub symbol: Option<String>,
+    pub number: String,
+    pub branch: String,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveRequest {
+    /// As typed: full-width digits, spaces and hyphens are accepted.
+    pub exchange_number: String,
+    pub insured: InsuredKey,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Date)]
+    pub birth_date: Option<Date>,
+    /// The eligibility confirmation this receive relies on (eligibility issue).
+    #[serde(default)]
+    pub qualification_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub insurer_number: Option<String>,
+    pub symbol: Option<String>,
+    pub number: Option<String>,
+    pub branch: Option<String>,
+    /// Default: 90 days before `issued_to`.
+    #[param(value_type = Option<String>, format = Date)]
+    pub issued_from: Option<Date>,
+    /// Default: today.
+    #[param(value_type = Option<String>, format = Date)]
+    pub issued_to: Option<Date>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::not_found(
+            "PRESCRIPTION_NOT_FOUND",
+            "no prescription has this id (ids are UUIDs as returned at registration)",
+        )
+    })
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("PRESCRIPTION_NOT_FOUND", "no prescription has this id")
+}
+
+/// The caller's facility, which must be registered and of the expected kind.
+async fn own_facility(
+    c: &impl GenericClient,
+    caller: &Caller,
+    kind: FacilityKind,
+) -> Result<crate::domain::facility::Facility, ApiError> {
+    let facility = facilities::get(c, &caller.facility).await?.ok_or_else(|| {
+        ApiError::forbidden(format!(
+            "facility {} is not registered with the relay; ask the operator to register it",
+            caller.facility
+        ))
+    })?;
+    if facility.kind != kind {
+        return Err(ApiError::forbidden(format!(
+            "facility {} is a {}, not a {}",
+            caller.facility,
+            facility.kind.as_str(),
+            kind.as_str()
+        )));
+    }
+    Ok(facility)
+}
+
+/// Every drug line whose code is not in the current master, as field errors naming the line.
+pub async fn unknown_drug_codes(
+    c: &impl GenericClient,
+    refs: &[DrugRef],
+) -> Result<Vec<FieldError>, DbError> {
+    let mut errors = FieldErrors::new();
+    let mut receipt_loaded = None;
+    for r in refs {
+        if r.code_system.check_format(&r.code).is_err() {
+            continue; // already reported as FORMAT
+        }
+        let found = match r.code_system {
+            CodeSystem::Yj => master::yj_code_exists(c, &r.code).await?,
+            CodeSystem::Generic => master::generic_code_exists(c, &r.code).await?,
+            CodeSystem::Receipt => {
+                let loaded = match receipt_loaded {
+                    Some(l) => l,
+                    None => {
+                        let l = master::receipt_master_loaded(c).await?;
+                        receipt_loaded = Some(l);
+                        l
+                    }
+                };
+                if !loaded {
+                    errors.add(
+                        r.field.clone(),
+                        "RECEIPT_MASTER_NOT_LOADED",
+                        format!(
+                            "{}: レセ電コード {} cannot be checked because no レセ電 医薬品マスター has been imported; use the yj or generic code",
+                            r.field, r.code
+                        ),
+                    );
+                    continue;
+                }
+                master::receipt_code_exists(c, &r.code).await?
+            }
+        };
+        if !found {
+            errors.add(
+                r.field.clone(),
+                "UNKNOWN_DRUG_CODE",
+                format!(
+                    "{}: {} code {} is not in the current drug master (dummy or retired codes are refused)",
+                    r.field,
+                    match r.code_system {
+                        CodeSystem::Yj => "薬価基準 (yj)",
+                        CodeSystem::Generic => "一般名 (generic)",
+                        CodeSystem::Receipt => "レセ電 (receipt)",
+                    },
+                    r.code
+                ),
+            );
+        }
+    }
+    Ok(errors.into_vec())
+}
+
+async fn view(c: &impl GenericClient, r: Record) -> Result<PrescriptionView, DbError> {
+    let issuer_name = facilities::name_of(c, &r.issuer_code).await?;
+    let holder = match &r.holder_code {
+        Some(code) => Some(FacilityRef {
+            code: code.clone(),
+            name: facilities::name_of(c, code).await?,
+        }),
+        None => None,
+    };
+    let dispensings = prescriptions::dispensings(c, r.id).await?;
+    Ok(PrescriptionView {
+        prescription_id: r.id,
+        exchange_number: r.exchange_number,
+        status: effective_status(r.status, &r.validity, today()),
+        issue_type: r.issue_type,
+        issuer: FacilityRef {
+            code: r.issuer_code,
+            name: issuer_name,
+        },
+        issued_by: r.issued_by,
+        holder,
+        held_since: r.held_since,
+        cancellation_pending: r.cancellation_pending,
+        cancellation_reason: r.cancellation_reason,
+        cancelled_at: r.cancelled_at,
+        issued_on: r.issued_on,
+        valid_until: r.validity.valid_until,
+        refill_count: r.refill_count,
+        uses_dispensed: r.validity.uses_dispensed,
+        next_refill_date: r.validity.next_refill_date,
+        has_important_note: r.has_important_note,
+        registered_at: r.created_at,
+        prescription: r.document,
+        dispensings,
+    })
+}
+
+fn is_issuer(caller: &Caller, r: &Record) -> bool {
+    caller.role.is_clinic() && r.issuer_code == caller.facility.as_str()
+}
+
+fn is_holder(caller: &Caller, r: &Record) -> bool {
+    caller.role.is_pharmacy()
+        && r.status == Status::Dispensing
+        && r.holder_code.as_deref() == Some(caller.facility.as_str())
+}
+
+fn reason(body: &ReasonBody) -> Result<String, ApiError> {
+    let r = body.reason.trim();
+    if r.is_empty() || r.chars().count() > 500 {
+        return Err(ApiError::field(
+            "reason",
+            "REQUIRED",
+            "reason is required (at most 500 characters)",
+        ));
+    }
+    Ok(r.to_string())
+}
+
+fn identity_of(k: &InsuredKey, prefix: &str, e: &mut FieldErrors) -> Option<InsuranceIdentity> {
+    let insurer = e.take(
+        format!("{prefix}.insurer_number"),
+        InsurerNumber::parse(&k.insurer_number),
+    );
+    let symbol = e.take(
+        format!("{prefix}.symbol"),
+        InsuredSymbol::parse(k.symbol.as_deref().unwrap_or("")),
+    );
+    let number = e.take(format!("{prefix}.number"), InsuredNumber::parse(&k.number));
+    let branch = e.take(format!("{prefix}.branch"), Branch::parse(&k.branch));
+    Some(InsuranceIdentity {
+        insurer_number: insurer?,
+        symbol: symbol?,
+        number: number?,
+        branch: branch?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------------
+
+/// Register a prescription and issue its 引換番号.
+#[utoipa::path(
+    post, path = "/v1/prescriptions", tag = "prescriptions",
+    request_body = PrescriptionDraft,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, e.g. a UUID")),
+    responses(
+        (status = 201, body = Registered),
+        (status = 400, body = Problem, description = "MALFORMED_JSON: fix the body; do not retry as is"),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem, description = "VALIDATION_FAILED (every bad field listed), IDEMPOTENCY_KEY_REUSED; do not retry as is"),
+        (status = 503, body = Problem, description = "DATABASE_UNAVAILABLE: retry with the same Idempotency-Key after Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/prescriptions")]
+pub async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    key: IdempotencyKey,
+    body: JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Doctor])?;
+    let body = body.parse::<PrescriptionDraft>()?;
+    let draft = body.value;
+    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        own_facility(tx, &caller, FacilityKind::Clinic).await?;
+        let mut prescription = match draft.validate(today()) {
+            Ok(p) => p,
+            Err(mut errors) => {
+                // Report unknown codes of well-formed lines together with the other errors.
+                let refs = draft.drug_refs();
+                errors.extend(unknown_drug_codes(tx, &refs).await?);
+                return Err(ApiError::validation(errors));
+            }
+        };
+        let unknown = unknown_drug_codes(tx, &prescription.drug_refs()).await?;
+        if !unknown.is_empty() {
+            return Err(ApiError::validation(unknown));
+        }
+        if prescription.doctor.is_none()
+            && let Some((name, name_kana)) =
+                db::staff::name_of(tx, caller.facility.as_str(), &caller.staff).await?
+        {
+            prescription.doctor = Some(DoctorDraft { name, name_kana });
+        }
+        let id = Uuid::now_v7();
+        let mut rng = rand::rng();
+        // One million numbers per patient: a clash with one of the patient's few open
+        // prescriptions is rare, twenty in a row means something else is wrong.
+        for _ in 0..20 {
+            let number = ExchangeNumber::random(&mut rng);
+            if let Some(record) =
+                prescriptions::insert(tx, id, &caller.facility, &caller.staff, &prescription, &number)
+                    .await?
+            {
+                events::append(
+                    tx,
+                    id,
+                    caller.actor(),
+                    EventAction::Registered,
+                    serde_json::json!({"issue_type": record.issue_type.as_str()}),
+                )
+                .await?;
+                return Reply::new(
+                    StatusCode::CREATED,
+                    Registered {
+                        prescription_id: record.id,
+                        exchange_number: record.exchange_number,
+                        status: Status::Registered,
+                        issue_type: record.issue_type,
+                        valid_until: record.validity.valid_until,
+                        check: CHECK_NOT_RUN,
+                    },
+                );
+            }
+        }
+        tracing::error!("no free 引換番号 after 20 draws");
+        Err(ApiError::internal())
+    })
+    .await
+}
+
+/// A prescription, for its issuer or its current holder.
+#[utoipa::path(
+    get, path = "/v1/prescriptions/{id}", tag = "prescriptions",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = PrescriptionView), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+#[get("/v1/prescriptions/{id}")]
+pub async fn get_one(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<web::Json<PrescriptionView>, ApiError> {
+    let id = parse_id(&id)?;
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let record = prescriptions::get(&client, id).await?.ok_or_else(not_found)?;
+    if !is_issuer(&caller, &record) && !is_holder(&caller, &record) {
+        return Err(ApiError::forbidden(
+            "only the issuing institution and the pharmacy holding it may see this prescription",
+        ));
+    }
+    Ok(web::Json(view(&client, record).await?))
+}
+
+/// The clinic's own prescriptions by insurance identity and issue dates (the lost-控え lookup).
+#[utoipa::path(
+    get, path = "/v1/prescriptions", tag = "prescriptions",
+    params(SearchQuery),
+    responses((status = 200, body = PrescriptionList), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = []))
+)]
+#[get("/v1/prescriptions")]
+pub async fn search(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<SearchQuery>,
+) -> Result<web::Json<PrescriptionList>, ApiError> {
+    caller.require(CLINIC_READERS)?;
+    let q = query.into_inner();
+    let mut e = FieldErrors::new();
+    let insurer = q
+        .insurer_number
+        .as_deref()
+        .and_then(|v| e.take("insurer_number", InsurerNumber::parse(v)));
+    let symbol = q
+        .symbol
+        .as_deref()
+        .and_then(|v| e.take("symbol", InsuredSymbol::parse(v)));
+    let number = q
+        .number
+        .as_deref()
+        .and_then(|v| e.take("number", InsuredNumber::parse(v)));
+    let branch = q
+        .branch
+        .as_deref()
+        .and_then(|v| e.take("branch", Branch::parse(v)));
+    let issued_to = q.issued_to.unwrap_or_else(today);
+    let issued_from = q
+        .issued_from
+        .unwrap_or_else(|| issued_to.checked_sub(90.days()).unwrap_or(issued_to));
+    if issued_from > issued_to {
+        e.add(
+            "issued_from",
+            "AFTER_ISSUED_TO",
+            "issued_from must be on or before issued_to",
+        );
+    }
+    if !e.is_empty() {
+        return Err(ApiError::validation(e.into_vec()));
+    }
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let records = prescriptions::search(
+        &client,
+        &Search {
+            issuer: caller.facility.as_str(),
+            insurer_number: insurer.as_ref().map(InsurerNumber::as_str),
+            symbol: symbol.as_ref().map(InsuredSymbol::as_str),
+            number: number.as_ref().map(InsuredNumber::as_str),
+            branch: branch.as_ref().map(Branch::as_str),
+            issued_from,
+            issued_to,
+            limit: 500,
+        },
+    )
+    .await?;
+    let today = today();
+    Ok(web::Json(PrescriptionList {
+        prescriptions: records
+            .into_iter()
+            .map(|r| PrescriptionSummary {
+                prescription_id: r.id,
+                exchange_number: r.exchange_number,
+                status: effective_status(r.status, &r.validity, today),
+                issue_type: r.issue_type,
+                issued_on: r.issued_on,
+                valid_until: r.validity.valid_until,
+                patient_name: r.document.patient.name,
+                birth_date: r.document.patient.birth_date,
+                holder_code: r.holder_code,
+                cancellation_pending: r.cancellation_pending,
+                has_important_note: r.has_important_note,
+            })
+            .collect(),
+    }))
+}
+
+/// Cancel a prescription (issuer only). Pending while a pharmacy holds it; refused once dispensed;
+/// a repeated cancel answers the current state.
+#[utoipa::path(
+    post, path = "/v1/prescriptions/{id}/cancel", tag = "prescriptions",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, body = StatusReply, description = "cancelled (also when it already was)"),
+        (status = 202, body = StatusReply, description = "pending_cancellation: applied when the holder releases it"),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "ALREADY_DISPENSED: do not retry"),
+        (status = 503, body = Problem, description = "retry with the same Idempotency-Key"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/prescriptions/{id}/cancel")]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    key: IdempotencyKey,
+    id: web::Path<String>,
+    body: JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Doctor])?;
+    let body = body.parse::<ReasonBody>()?;
+    let id = parse_id(&id)?;
+    let why = reason(&body.value)?;
+    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        let r = prescriptions::get_for_update(tx, id).await?.ok_or_else(not_found)?;
+        if r.issuer_code != caller.facility.as_str() {
+            return Err(ApiError::forbidden(
+                "only the issuing institution may cancel a prescription",
+            ));
+        }
+        let reply = |status: StatusCode, s: &str| {
+            Reply::new(
+                status,
+                StatusReply {
+                    prescription_id: id,
+                    status: s.to_string(),
+                },
+            )
+        };
+        match r.status {
+            Status::Cancelled => reply(StatusCode::OK, "cancelled"),
+            Status::Dispensed => Err(ApiError::conflict(
+                "ALREADY_DISPENSED",
+                "the prescription has been dispensed and can no longer be cancelled",
+            )
+            .with("status", "dispensed")),
+            Status::Dispensing if r.cancellation_pending => {
+                reply(StatusCode::ACCEPTED, "pending_cancellation")
+            }
+            Status::Dispensing => {
+                prescriptions::set_cancellation_pending(tx, id, &why).await?;
+                events::append(
+                    tx,
+                    id,
+                    caller.actor(),
+                    EventAction::CancellationRequested,
+                    serde_json::json!({"reason": why, "holder": r.holder_code}),
+                )
+                .await?;
+                reply(StatusCode::ACCEPTED, "pending_cancellation")
+            }
+            Status::Registered | Status::Expired => {
+                prescriptions::set_cancelled(tx, id, &why).await?;
+                events::append(
+                    tx,
+                    id,
+                    caller.actor(),
+                    EventAction::Cancelled,
+                    serde_json::json!({"reason": why}),
+                )
+                .await?;
+                reply(StatusCode::OK, "cancelled")
+            }
+        }
+    })
+    .await
+}
+
+/// Receive a prescription by 引換番号 plus the insurance identity: it is then held by the caller.
+#[utoipa::path(
+    post, path = "/v1/prescriptions/receive", tag = "dispensing",
+    request_body = ReceiveRequest,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = PrescriptionView),
+        (status = 404, body = Problem, description = "PRESCRIPTION_NOT_FOUND: wrong number or identity (counted towards the throttle); check with the patient, do not retry blindly"),
+        (status = 409, body = Problem, description = "HELD_BY_ANOTHER_PHARMACY (names the holder), ALREADY_DISPENSED, REFILL_NOT_DUE"),
+        (status = 410, body = Problem, description = "PRESCRIPTION_CANCELLED / PRESCRIPTION_EXPIRED: do not retry; ask the clinic"),
+        (status = 422, body = Problem, description = "VALIDATION_FAILED: a malformed number or identity (not counted)"),
+        (status = 429, body = Problem, description = "TOO_MANY_ATTEMPTS: retry after Retry-After seconds"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/prescriptions/receive")]
+pub async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    key: IdempotencyKey,
+    body: JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(PHARMACY_STAFF)?;
+    let body = body.parse::<ReceiveRequest>()?;
+    let request = body.value;
+    let mut e = FieldErrors::new();
+    let number = e.take("exchange_number", ExchangeNumber::parse(&request.exchange_number));
+    let identity = identity_of(&request.insured, "insured", &mut e);
+    if let Some(b) = request.birth_date
+        && b > today()
+    {
+        e.add("birth_date", "IN_FUTURE", "birth_date must not be in the future");
+    }
+    let (Some(number), Some(identity)) = (number, identity) else {
+        return Err(ApiError::validation(e.into_vec()));
+    };
+    if !e.is_empty() {
+        return Err(ApiError::validation(e.into_vec()));
+    }
+    let limits = state.settings.throttle.clone();
+    let identity_hash = identity.throttle_key();
+    let pharmacy = caller.facility.as_str().to_string();
+    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        own_facility(tx, &caller, FacilityKind::Pharmacy).await?;
+        for (recent, limit, whom) in [
+            (
+                throttle::identity_failures(tx, &identity_hash, limits.window_seconds, limits.identity_limit)
+                    .await?,
+                limits.identity_limit,
+                "for this insurance identity",
+            ),
+            (
+                throttle::pharmacy_failures(tx, &pharmacy, limits.window_seconds, limits.pharmacy_limit)
+                    .await?,
+                limits.pharmacy_limit,
+                "from this pharmacy",
+            ),
+        ] {
+            if recent.count >= limit {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOO_MANY_ATTEMPTS",
+                    format!(
+                        "too many wrong 引換番号 {whom}: {} in the last {} minutes. Check the 控え with the patient, or ask the issuing clinic to look the number up",
+                        recent.count,
+                        limits.window_seconds / 60
+                    ),
+                )
+                .retry_after(recent.seconds_until_oldest_expires.max(1) as u64));
+            }
+        }
+        let today = today();
+        if let Some(r) = prescriptions::receive_by_number(
+            tx,
+            &number,
+            &identity,
+            request.birth_date,
+            &pharmacy,
+            today,
+        )
+        .await?
+        {
+            events::append(
+                tx,
+                r.id,
+                caller.actor(),
+                EventAction::Received,
+                serde_json::json!({"via": "exchange_number", "qualification_id": request.qualification_id}),
+            )
+            .await?;
+            let v = view(tx, r).await?;
+            return Reply::new(StatusCode::OK, v);
+        }
+        // Nothing receivable matched: say why, counting only a wrong number or identity.
+        let Some(r) =
+            prescriptions::find_by_number(tx, &number, &identity, request.birth_date).await?
+        else {
+            // Recorded outside this transaction, which rolls back with the error.
+            let client = state.pool.get().await.map_err(DbError::from)?;
+            throttle::record_failure(&client, &pharmacy, &identity_hash).await?;
+            return Err(ApiError::not_found(
+                "PRESCRIPTION_NOT_FOUND",
+                "no prescription matches this 引換番号 and insurance identity; check both with the patient's 控え",
+            ));
+        };
+        match r.status {
+            Status::Dispensing if r.holder_code.as_deref() == Some(pharmacy.as_str()) => {
+                let v = view(tx, r).await?;
+                Reply::new(StatusCode::OK, v)
+            }
+            Status::Dispensing => {
+                let code = r.holder_code.clone().unwrap_or_default();
+                let name = facilities::name_of(tx, &code).await?;
+                Err(ApiError::conflict(
+                    "HELD_BY_ANOTHER_PHARMACY",
+                    format!(
+                        "this prescription is being dispensed by {} ({code}); it must release it first",
+                        name.as_deref().unwrap_or("another pharmacy")
+                    ),
+                )
+                .with("holder", FacilityRef { code, name }))
+            }
+            Status::Dispensed => Err(ApiError::conflict(
+                "ALREADY_DISPENSED",
+                "this prescription has already been dispensed",
+            )),
+            Status::Cancelled => Err(ApiError::gone(
+                "PRESCRIPTION_CANCELLED",
+                "the issuing institution cancelled this prescription; ask the patient for the new one or contact the clinic",
+            )),
+            Status::Expired => Err(expired_error(&r)),
+            Status::Registered => match r.validity.window(today) {
+                Window::NotYet { opens_on } => Err(ApiError::conflict(
+                    "REFILL_NOT_DUE",
+                    format!("the next use of this refill prescription can be received from {opens_on}"),
+                )
+                .with("opens_on", opens_on)),
+                _ => {
+                    // Its window has closed: record the expiry in its own transaction so it
+                    // survives this request's rollback.
+                    let client = state.pool.get().await.map_err(DbError::from)?;
+                    if prescriptions::mark_expired(&client, r.id).await? {
+                        events::append(
+                            &client,
+                            r.id,
+                            events::Actor { staff: "relay", facility: &pharmacy, role: "system" },
+                            EventAction::Expired,
+                            serde_json::json!({"valid_until": r.validity.valid_until}),
+                        )
+                        .await?;
+                    }
+                    Err(expired_error(&r))
+                }
+            },
+        }
+    })
+    .await
+}
+
+fn expired_error(r: &Record) -> ApiError {
+    ApiError::gone(
+        "PRESCRIPTION_EXPIRED",
+        format!(
+            "this prescription's 使用期限 ({}) has passed; the patient needs a new prescription",
+            r.validity.valid_until
+        ),
+    )
+}
+
+/// Load the prescription for a holder-only action (release, dispense).
+async fn held_by_caller(
+    tx: &impl GenericClient,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Record, ApiError> {
+    let r = prescriptions::get_for_update(tx, id).await?.ok_or_else(not_found)?;
+    if !caller.role.is_pharmacy() || r.holder_code.as_deref() != Some(caller.facility.as_str()) {
+        return Err(ApiError::forbidden(
+            "only the pharmacy holding this prescription may do this",
+        ));
+    }
+    if r.status != Status::Dispensing {
+        return Err(ApiError::conflict(
+            "NOT_HELD",
+            format!("the prescription is {}, not held by a pharmacy", r.status.as_str()),
+        )
+        .with("status", r.status));
+    }
+    Ok(r)
+}
+
+/// 受付取消: the holder gives the prescription back; a pending cancellation is applied now.
+#[utoipa::path(
+    post, path = "/v1/prescriptions/{id}/release", tag = "dispensing",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = ReasonBody,
+    responses((status = 200, body = StatusReply), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = []))
+)]
+#[post("/v1/prescriptions/{id}/release")]
+pub async fn release(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    key: IdempotencyKey,
+    id: web::Path<String>,
+    body: JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Pharmacist])?;
+    let body = body.parse::<ReasonBody>()?;
+    let id = parse_id(&id)?;
+    let why = reason(&body.value)?;
+    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        let r = held_by_caller(tx, &caller, id).await?;
+        events::append(
+            tx,
+            id,
+            caller.actor(),
+            EventAction::Released,
+            serde_json::json!({"reason": why}),
+        )
+        .await?;
+        let status = if r.cancellation_pending {
+            let pending = r.cancellation_reason.clone().unwrap_or_default();
+            prescriptions::set_cancelled(tx, id, &pending).await?;
+            events::append(
+                tx,
+                id,
+                caller.actor(),
+                EventAction::CancellationApplied,
+                serde_json::json!({"reason": pending}),
+            )
+            .await?;
+            "cancelled"
+        } else {
+            prescriptions::set_released(tx, id).await?;
+            "registered"
+        };
+        Reply::new(
+            StatusCode::OK,
+            StatusReply {
+                prescription_id: id,
+                status: status.into(),
+            },
+        )
+    })
+    .await
+}
+
+/// Register the dispensing result (調剤結果).
+#[utoipa::path(
+    post, path = "/v1/prescriptions/{id}/dispense", tag = "dispensing",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = DispenseDraft,
+    responses((status = 200, body = StatusReply), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)),
+    security(("bearer" = []))
+)]
+#[post("/v1/prescriptions/{id}/dispense")]
+pub async fn dispense(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    key: IdempotencyKey,
+    id: web::Path<String>,
+    body: JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Pharmacist])?;
+    let body = body.parse::<DispenseDraft>()?;
+    let id = parse_id(&id)?;
+    let draft = body.value;
+    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        let r = held_by_caller(tx, &caller, id).await?;
+        let uses_after = r.validity.uses_dispensed + 1;
+        let refill_uses_remain = r.refill_count.is_some_and(|n| uses_after < n);
+        let dispensing = draft
+            .validate(DispenseContext {
+                today: today(),
+                issued_on: r.issued_on,
+                refill_uses_remain,
+            })
+            .map_err(ApiError::validation)?;
+        let unknown = unknown_drug_codes(tx, &dispensing.drug_refs()).await?;
+        if !unknown.is_empty() {
+            return Err(ApiError::validation(unknown));
+        }
+        let next = match (refill_uses_remain, r.cancellation_pending) {
+            (false, _) => Status::Dispensed,
+            (true, false) => Status::Registered,
+            // The remaining refill uses are what the clinic asked to cancel.
+            (true, true) => Status::Cancelled,
+        };
+        let use_number = prescriptions::record_dispensing(
+            tx,
+            &r,
+            caller.facility.as_str(),
+            &caller.staff,
+            &dispensing,
+            next,
+        )
+        .await?;
+        events::append(
+            tx,
+            id,
+            caller.actor(),
+            EventAction::Dispensed,
+            serde_json::json!({
+                "use_number": use_number,
+                "dispensed_on": dispensing.dispensed_on,
+                "important_note": dispensing.important_note.is_some(),
+                "next_refill_date": dispensing.next_refill_date,
+            }),
+        )
+        .await?;
+        if r.cancellation_pending {
+            let (action, detail) = if next == Status::Cancelled {
+                (EventAction::CancellationApplied, "remaining refill uses cancelled")
+            } else {
+                (EventAction::CancellationRejected, "dispensed before the cancellation could apply")
+            };
+            events::append(tx, id, caller.actor(), action, serde_json::json!({"detail": detail}))
+                .await?;
+        }
+        Reply::new(
+            StatusCode::OK,
+            StatusReply {
+                prescription_id: id,
+                status: next.as_str().into(),
+            },
+        )
+    })
+    .await
+}
+
+/// The prescription's event log, for its issuer and its current holder.
+#[utoipa::path(
+    get, path = "/v1/prescriptions/{id}/events", tag = "prescriptions",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventList), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+#[get("/v1/prescriptions/{id}/events")]
+pub async fn list_events(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<web::Json<EventList>, ApiError> {
+    let id = parse_id(&id)?;
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let r = prescriptions::get(&client, id).await?.ok_or_else(not_found)?;
+    if !is_issuer(&caller, &r) && !is_holder(&caller, &r) {
+        return Err(ApiError::forbidden(
+            "only the issuing institution and the pharmacy holding it may see its events",
+        ));
+    }
+    Ok(web::Json(EventList {
+        events: events::list(&client, id).await?,
+    }))
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the HTTP API against a real PostgreSQL (see helpers.rs).
+
+mod admin;
+mod auth;
+mod helpers;
+mod health;
+mod idempotency;
+mod lifecycle;
+mod prescriptions;
+mod receive;
