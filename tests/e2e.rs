@@ -1,1 +1,209 @@
+//! The README walk-through, across processes: migrate, seed, mint tokens, serve, register →
+//! receive → dispense with plain HTTP, then SIGTERM and a check of what reached the logs.
 
+use std::time::Duration;
+
+use relay_e2e::*;
+use serde_json::{Value, json};
+
+async fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(base: &str, path: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_walkthrough_across_processes() {
+    let relay = Relay::new("walkthrough");
+
+    let out = relay.run(&["migrate"]);
+    assert!(out.status.success(), "migrate: {}", stderr(&out));
+    assert!(stdout(&out).contains("applied"), "{}", stdout(&out));
+    let out = relay.run(&["migrate"]);
+    assert_eq!(stdout(&out), "database is up to date");
+
+    for _ in 0..2 {
+        let out = relay.run(&["seed", "demo"]);
+        assert!(out.status.success(), "seed: {}", stderr(&out));
+        assert!(stdout(&out).contains("12434 drugs"), "{}", stdout(&out));
+    }
+
+    // `master import`: a レセ電 master in Shift_JIS; a wrong file changes nothing.
+    let out = relay.run(&[
+        "master",
+        "import",
+        "--receipt",
+        "relay/tests/fixtures/y-sample.csv",
+    ]);
+    assert!(out.status.success(), "import: {}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("JSON report");
+    assert_eq!(report["receipt_drugs"], 2);
+    let out = relay.run(&[
+        "master",
+        "import",
+        "--yakka",
+        "../shared/data/contraindications-seed.csv",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("contraindications-seed.csv"),
+        "{}",
+        stderr(&out)
+    );
+    let out = relay.run(&["master", "import"]);
+    assert!(!out.status.success(), "nothing to import is an error");
+    let out = relay.run(&["seed", "demo"]);
+    assert!(
+        stdout(&out).contains("12434 drugs"),
+        "the master is intact: {}",
+        stdout(&out)
+    );
+
+    // The first token creates the signing key and says so; the second reuses it.
+    let out = relay.run(&[
+        "token",
+        "--facility",
+        "9918000010",
+        "--role",
+        "doctor",
+        "--staff",
+        "doctor-1",
+    ]);
+    assert!(out.status.success(), "token: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("created a new one"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(exists(&relay.work.join("keys/relay-ed25519.pem")));
+    let doctor = stdout(&out);
+    assert_eq!(doctor.split('.').count(), 3);
+    let out = relay.run(&[
+        "token",
+        "--facility",
+        "9948000014",
+        "--role",
+        "pharmacist",
+        "--staff",
+        "pharmacist-1",
+        "--ttl",
+        "15m",
+    ]);
+    assert!(!stderr(&out).contains("created a new one"));
+    let pharmacist = stdout(&out);
+    let out = relay.run(&[
+        "token",
+        "--facility",
+        "9948000015",
+        "--role",
+        "pharmacist",
+        "--staff",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("check digit"), "{}", stderr(&out));
+    let out = relay.run(&[
+        "token",
+        "--facility",
+        "9948000014",
+        "--role",
+        "nurse",
+        "--staff",
+        "x",
+    ]);
+    assert!(!out.status.success());
+
+    let mut server = relay.serve();
+    let base = relay.base_url();
+
+    let body = json!({
+        "issue_type": "electronic",
+        "patient": {"name": "髙橋 𠮷子", "name_kana": "タカハシ ヨシコ", "sex": "female", "birth_date": "1975-07-07"},
+        "insurance": {"insurer_number": "01130012", "symbol": "1234", "number": "7391846", "relationship": "insured", "branch": "01", "copay_rate": 30},
+        "issued_on": relay::domain::time::today().to_string(),
+        "rps": [{"dosage_form": "oral", "quantity": 7, "usage": {"text": "1日3回毎食後", "times_per_day": 3},
+                 "drugs": [{"code_system": "yj", "code": "2325003B2029", "name": "ガスター散２％", "dose": 0.4, "unit": "g"}]}]
+    });
+    let (status, reg) = post(&base, "/v1/prescriptions", &doctor, &body).await;
+    assert_eq!(status, 201, "{reg}");
+    let id = reg["prescription_id"].as_str().unwrap().to_string();
+    let number = reg["exchange_number"].as_str().unwrap().to_string();
+
+    let insured = json!({"insurer_number": "01130012", "symbol": "1234", "number": "7391846", "branch": "01"});
+    let (status, got) = post(
+        &base,
+        "/v1/prescriptions/receive",
+        &pharmacist,
+        &json!({"exchange_number": number, "insured": insured}),
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["prescription"]["patient"]["name"], "髙橋 𠮷子");
+
+    let (status, done) = post(&base, &format!("/v1/prescriptions/{id}/dispense"), &pharmacist, &json!({
+        "dispensed_on": relay::domain::time::today().to_string(),
+        "items": [{"code_system": "yj", "code": "2325003B2029", "name": "ガスター散２％", "dose": 0.4, "unit": "g", "days": 7}],
+        "important_note": "眠気の訴えあり"
+    })).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "dispensed");
+
+    let (status, view) = get(&base, &format!("/v1/prescriptions/{id}"), &doctor).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["status"], "dispensed");
+    assert_eq!(view["has_important_note"], true);
+    let (status, list) = get(
+        &base,
+        "/v1/prescriptions?insurer_number=01130012&symbol=1234&number=7391846&branch=01",
+        &doctor,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["prescriptions"][0]["exchange_number"], number.as_str());
+
+    // Graceful shutdown on SIGTERM: exit code 0.
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut server, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("relay exits after SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}");
+
+    // The logs saw the requests but no patient name or insurance number.
+    let log = relay.log();
+    assert!(
+        log.contains("/v1/prescriptions/{id}/dispense"),
+        "route patterns are logged:\n{log}"
+    );
+    assert!(log.contains("relay stopped"), "{log}");
+    for secret in [
+        "髙橋",
+        "𠮷子",
+        "タカハシ",
+        "01130012",
+        "7391846",
+        "眠気",
+        "postgres://postgres@",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret} leaked into the log:\n{log}"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Harness for end-to-end tests that run the real `relay` binary as separate processes against the
+//! throwaway PostgreSQL cluster of `scripts/test` (`RELAY_TEST_DATABASE_URL`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds the relay binary (a no-op when fresh) and returns its path.
+pub fn relay_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "relay", "--bin", "relay"])
+        .current_dir(repo_root())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p relay failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join("relay")
+}
+
+fn admin_url() -> String {
+    std::env::var("RELAY_TEST_DATABASE_URL")
+        .expect("RELAY_TEST_DATABASE_URL is not set: run the tests with scripts/test")
+}
+
+/// A fresh, empty database on the test cluster; returns its URL.
+pub fn fresh_database(name: &str) -> String {
+    let admin = admin_url();
+    let out = Command::new("psql")
+        .args([
+            &admin,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name}"),
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    format!("{base}/{name}")
+}
+
+/// The environment of one relay installation: its database, key directory and listen address.
+pub struct Relay {
+    pub bin: PathBuf,
+    pub database_url: String,
+    pub work: PathBuf,
+    pub listen: String,
+}
+
+impl Relay {
+    pub fn new(name: &str) -> Relay {
+        let work = std::env::temp_dir().join(format!("relay-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).expect("work dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Relay {
+            bin: relay_binary(),
+            database_url: fresh_database(name),
+            work,
+            listen: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .current_dir(repo_root())
+            .env("RELAY_ENV", "e2e")
+            .env("RELAY_DATABASE_URL", &self.database_url)
+            .env("RELAY_LISTEN", &self.listen)
+            .env("RELAY_AUTH__KEY_DIR", self.work.join("keys"))
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs a subcommand to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run relay")
+    }
+
+    /// Starts `relay serve` with stderr captured to `work/serve.log`; waits for /healthz.
+    pub fn serve(&self) -> Child {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = self
+            .command(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn relay serve");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&self.listen).is_ok() {
+                return child;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("relay serve did not listen; log:\n{}", self.log());
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.work.join("serve.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+/// Sends SIGTERM and waits for the exit status, at most `limit`.
+pub fn terminate(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -13,10 +13,19 @@ use crate::startup::{self, Application};
 use crate::{db, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "relay", version, about = "E-prescription relay (電子処方箋 relay)")]
+#[command(
+    name = "relay",
+    version,
+    about = "E-prescription relay (電子処方箋 relay)"
+)]
 pub struct Cli {
     /// Directory holding default.toml, {RELAY_ENV}.toml and local.toml.
-    #[arg(long, env = "RELAY_CONFIG_DIR", default_value = "config", global = true)]
+    #[arg(
+        long,
+        env = "RELAY_CONFIG_DIR",
+        default_value = "config",
+        global = true
+    )]
     pub config_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -97,9 +106,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = db::pool(&settings)?;
-            let applied = db::migrate(&pool).await.with_context(|| {
-                format!("cannot migrate {}", settings.database_url.redacted())
-            })?;
+            let applied = db::migrate(&pool)
+                .await
+                .with_context(|| format!("cannot migrate {}", settings.database_url.redacted()))?;
             if applied.is_empty() {
                 println!("database is up to date");
             }
@@ -135,8 +144,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             staff,
             ttl,
         } => {
-            let facility = FacilityCode::parse(&facility)
-                .map_err(|e| anyhow::anyhow!("--facility: {e}"))?;
+            let facility =
+                FacilityCode::parse(&facility).map_err(|e| anyhow::anyhow!("--facility: {e}"))?;
             if staff.trim().is_empty() {
                 anyhow::bail!("--staff must not be empty");
             }

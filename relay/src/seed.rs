@@ -42,7 +42,10 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Parses every given file first, then replaces the tables in one transaction: a bad file
 /// changes nothing.
-pub async fn import_master(pool: &Pool, files: &MasterFiles) -> anyhow::Result<master::ImportReport> {
+pub async fn import_master(
+    pool: &Pool,
+    files: &MasterFiles,
+) -> anyhow::Result<master::ImportReport> {
     let drugs = match &files.yakka {
         Some(p) => Some(
             parse::parse_yakka_list(read(p)?.as_slice())
@@ -59,7 +62,8 @@ pub async fn import_master(pool: &Pool, files: &MasterFiles) -> anyhow::Result<m
     };
     let receipt = match &files.receipt {
         Some(p) => Some(
-            parse::parse_receipt_master(&read(p)?).with_context(|| format!("in {}", p.display()))?,
+            parse::parse_receipt_master(&read(p)?)
+                .with_context(|| format!("in {}", p.display()))?,
         ),
         None => None,
     };
@@ -99,8 +103,20 @@ pub fn demo_facilities() -> Vec<Facility> {
         accepts_e_prescriptions: true,
     };
     vec![
-        f("9918000010", FacilityKind::Clinic, "検証用病院", "clinic-1@demo.invalid", None),
-        f("9918000028", FacilityKind::Clinic, "検証用診療所二", "clinic-2@demo.invalid", None),
+        f(
+            "9918000010",
+            FacilityKind::Clinic,
+            "検証用病院",
+            "clinic-1@demo.invalid",
+            None,
+        ),
+        f(
+            "9918000028",
+            FacilityKind::Clinic,
+            "検証用診療所二",
+            "clinic-2@demo.invalid",
+            None,
+        ),
         f(
             "9948000014",
             FacilityKind::Pharmacy,
@@ -121,12 +137,42 @@ pub fn demo_facilities() -> Vec<Facility> {
 /// Demo staff: (facility, staff id, role, name, kana).
 pub const DEMO_STAFF: &[(&str, &str, &str, &str, &str)] = &[
     ("9918000010", "doctor-1", "doctor", "医者　三郎", "ｲｼｬｻﾌﾞﾛｳ"),
-    ("9918000010", "clerk-1", "clinic_clerk", "受付　花子", "ｳｹﾂｹﾊﾅｺ"),
-    ("9918000010", "admin-1", "admin", "運用　管理者", "ｳﾝﾖｳｶﾝﾘｼｬ"),
+    (
+        "9918000010",
+        "clerk-1",
+        "clinic_clerk",
+        "受付　花子",
+        "ｳｹﾂｹﾊﾅｺ",
+    ),
+    (
+        "9918000010",
+        "admin-1",
+        "admin",
+        "運用　管理者",
+        "ｳﾝﾖｳｶﾝﾘｼｬ",
+    ),
     ("9918000028", "doctor-2", "doctor", "髙橋　德子", "ﾀｶﾊｼﾄｸｺ"),
-    ("9948000014", "pharmacist-1", "pharmacist", "薬剤　一郎", "ﾔｸｻﾞｲｲﾁﾛｳ"),
-    ("9948000014", "pharmacy-clerk-1", "pharmacy_clerk", "事務　次郎", "ｼﾞﾑｼﾞﾛｳ"),
-    ("9948000022", "pharmacist-2", "pharmacist", "調剤　﨑子", "ﾁｮｳｻﾞｲｻｷｺ"),
+    (
+        "9948000014",
+        "pharmacist-1",
+        "pharmacist",
+        "薬剤　一郎",
+        "ﾔｸｻﾞｲｲﾁﾛｳ",
+    ),
+    (
+        "9948000014",
+        "pharmacy-clerk-1",
+        "pharmacy_clerk",
+        "事務　次郎",
+        "ｼﾞﾑｼﾞﾛｳ",
+    ),
+    (
+        "9948000022",
+        "pharmacist-2",
+        "pharmacist",
+        "調剤　﨑子",
+        "ﾁｮｳｻﾞｲｻｷｺ",
+    ),
 ];
 
 /// Demo insured persons, including the public test patient and names outside JIS X 0208.
@@ -156,9 +202,36 @@ pub fn demo_insured() -> Vec<InsuredPerson> {
         documents: vec![HeldDocument::EligibilityNotice],
     };
     vec![
-        p("31130842", "2022", "010001", "電処　有効五二", "ﾃﾞﾝｼｮ ﾕｳｺｳｺﾞﾆ", Sex::Female, date(2011, 1, 1), Some("CARD-0001")),
-        p("01130012", "1234", "5678", "髙橋　𠮷子", "ﾀｶﾊｼ ﾖｼｺ", Sex::Female, date(1975, 7, 7), Some("CARD-0002")),
-        p("39131156", "", "12345678", "山﨑　德太郎", "ﾔﾏｻｷ ﾄｸﾀﾛｳ", Sex::Male, date(1940, 2, 29), None),
+        p(
+            "31130842",
+            "2022",
+            "010001",
+            "電処　有効五二",
+            "ﾃﾞﾝｼｮ ﾕｳｺｳｺﾞﾆ",
+            Sex::Female,
+            date(2011, 1, 1),
+            Some("CARD-0001"),
+        ),
+        p(
+            "01130012",
+            "1234",
+            "5678",
+            "髙橋　𠮷子",
+            "ﾀｶﾊｼ ﾖｼｺ",
+            Sex::Female,
+            date(1975, 7, 7),
+            Some("CARD-0002"),
+        ),
+        p(
+            "39131156",
+            "",
+            "12345678",
+            "山﨑　德太郎",
+            "ﾔﾏｻｷ ﾄｸﾀﾛｳ",
+            Sex::Male,
+            date(1940, 2, 29),
+            None,
+        ),
     ]
 }
 

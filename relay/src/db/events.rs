@@ -63,8 +63,7 @@ pub async fn list(c: &impl GenericClient, prescription_id: Uuid) -> Result<Vec<E
              WHERE prescription_id = $1 ORDER BY id",
         )
         .await?;
-    Ok(c
-        .query(&stmt, &[&prescription_id])
+    Ok(c.query(&stmt, &[&prescription_id])
         .await?
         .iter()
         .map(|r| Event {

@@ -11,7 +11,8 @@ fn from_row(row: &tokio_postgres::Row) -> Facility {
     let kind: String = row.get(1);
     Facility {
         // Rows only come from validated inserts (and a CHECK on the column).
-        code: FacilityCode::parse(&code).unwrap_or_else(|_| panic!("stored facility code {code} is invalid")),
+        code: FacilityCode::parse(&code)
+            .unwrap_or_else(|_| panic!("stored facility code {code} is invalid")),
         kind: if kind == "pharmacy" {
             FacilityKind::Pharmacy
         } else {
@@ -85,7 +86,10 @@ pub async fn get(c: &impl GenericClient, code: &FacilityCode) -> Result<Option<F
     let stmt = c
         .prepare_cached(&format!("SELECT {COLUMNS} FROM facilities WHERE code = $1"))
         .await?;
-    Ok(c.query_opt(&stmt, &[&code.as_str()]).await?.as_ref().map(from_row))
+    Ok(c.query_opt(&stmt, &[&code.as_str()])
+        .await?
+        .as_ref()
+        .map(from_row))
 }
 
 /// Name of a facility for messages such as "held by …".

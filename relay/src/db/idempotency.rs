@@ -8,7 +8,10 @@ pub enum Claim {
     /// The key is new: perform the request and [`store`] its response before committing.
     Fresh,
     /// The key was used before with this request: answer the stored response.
-    Replay { status: u16, body: serde_json::Value },
+    Replay {
+        status: u16,
+        body: serde_json::Value,
+    },
     /// The key was used before with a different request.
     Mismatch,
 }
@@ -26,7 +29,10 @@ pub async fn claim(
              VALUES ($1, $2, $3, 0, 'null') ON CONFLICT DO NOTHING",
         )
         .await?;
-    if c.execute(&insert, &[&facility_code, &key, &request_hash]).await? == 1 {
+    if c.execute(&insert, &[&facility_code, &key, &request_hash])
+        .await?
+        == 1
+    {
         return Ok(Claim::Fresh);
     }
     let select = c

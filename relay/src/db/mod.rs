@@ -115,7 +115,9 @@ mod embedded {
 pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<String>> {
     const LOCK: i64 = 0x7265_6c61_7900; // "relay\0"
     let mut client = pool.get().await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await?;
     let report = embedded::migrations::runner()
         .run_async(&mut **client)
         .await;

@@ -125,9 +125,15 @@ pub async fn insert(
 
 pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<Record>, DbError> {
     let stmt = c
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM prescriptions WHERE id = $1"))
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions WHERE id = $1"
+        ))
         .await?;
-    c.query_opt(&stmt, &[&id]).await?.as_ref().map(from_row).transpose()
+    c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Locks the row for a state change in the caller's transaction.
@@ -137,7 +143,11 @@ pub async fn get_for_update(c: &impl GenericClient, id: Uuid) -> Result<Option<R
             "SELECT {COLUMNS} FROM prescriptions WHERE id = $1 FOR UPDATE"
         ))
         .await?;
-    c.query_opt(&stmt, &[&id]).await?.as_ref().map(from_row).transpose()
+    c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// The clinic's own prescriptions matching an (optional) insurance identity and issue-date range,

@@ -20,7 +20,13 @@ pub async fn upsert(c: &impl GenericClient, s: &StaffMember<'_>) -> Result<(), D
         .await?;
     c.execute(
         &stmt,
-        &[&s.facility_code, &s.staff_id, &s.role, &s.name, &s.name_kana],
+        &[
+            &s.facility_code,
+            &s.staff_id,
+            &s.role,
+            &s.name,
+            &s.name_kana,
+        ],
     )
     .await?;
     Ok(())
@@ -33,10 +39,11 @@ pub async fn name_of(
     staff_id: &str,
 ) -> Result<Option<(String, Option<String>)>, DbError> {
     let stmt = c
-        .prepare_cached("SELECT name, name_kana FROM staff WHERE facility_code = $1 AND staff_id = $2")
+        .prepare_cached(
+            "SELECT name, name_kana FROM staff WHERE facility_code = $1 AND staff_id = $2",
+        )
         .await?;
-    Ok(c
-        .query_opt(&stmt, &[&facility_code, &staff_id])
+    Ok(c.query_opt(&stmt, &[&facility_code, &staff_id])
         .await?
         .map(|r| (r.get(0), r.get(1))))
 }

@@ -17,7 +17,9 @@ async fn recent(
     limit: i64,
 ) -> Result<Recent, DbError> {
     let stmt = c.prepare_cached(sql).await?;
-    let row = c.query_one(&stmt, &[key, &(window_seconds as f64), &limit]).await?;
+    let row = c
+        .query_one(&stmt, &[key, &(window_seconds as f64), &limit])
+        .await?;
     Ok(Recent {
         count: row.get(0),
         seconds_until_oldest_expires: row.get::<_, Option<f64>>(1).unwrap_or(0.0).ceil() as i64,
@@ -72,7 +74,9 @@ pub async fn record_failure(
     identity_hash: &[u8],
 ) -> Result<(), DbError> {
     let stmt = c
-        .prepare_cached("INSERT INTO receive_failures (pharmacy_code, identity_hash) VALUES ($1, $2)")
+        .prepare_cached(
+            "INSERT INTO receive_failures (pharmacy_code, identity_hash) VALUES ($1, $2)",
+        )
         .await?;
     c.execute(&stmt, &[&pharmacy_code, &identity_hash]).await?;
     Ok(())

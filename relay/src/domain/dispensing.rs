@@ -117,7 +117,11 @@ impl DispenseDraft {
             );
         }
         if self.items.is_empty() {
-            e.add("items", "REQUIRED", "at least one dispensed item is required");
+            e.add(
+                "items",
+                "REQUIRED",
+                "at least one dispensed item is required",
+            );
         }
         let mut items = Vec::new();
         for (i, it) in self.items.iter().enumerate() {
@@ -143,7 +147,11 @@ impl DispenseDraft {
                 );
             }
             if it.dose.0 <= rust_decimal::Decimal::ZERO {
-                e.add(format!("{base}.dose"), "OUT_OF_RANGE", "dose must be positive");
+                e.add(
+                    format!("{base}.dose"),
+                    "OUT_OF_RANGE",
+                    "dose must be positive",
+                );
             }
             let days = match it.days {
                 None => None,

@@ -83,11 +83,19 @@ impl FacilityDraft {
         }
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
-            e.add("name", "REQUIRED", "name is required (at most 200 characters)");
+            e.add(
+                "name",
+                "REQUIRED",
+                "name is required (at most 200 characters)",
+            );
         }
         let email = self.email.trim();
         if !email_ok(email) {
-            e.add("email", "FORMAT", "email must be an address such as clinic@example.jp");
+            e.add(
+                "email",
+                "FORMAT",
+                "email must be an address such as clinic@example.jp",
+            );
         }
         let fax_email = opt_trim(&self.fax_email);
         if fax_email.as_deref().is_some_and(|f| !email_ok(f)) {
@@ -197,10 +205,18 @@ impl InsuredDraft {
         let branch = e.take("branch", Branch::parse(&self.branch));
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
-            e.add("name", "REQUIRED", "name is required (at most 100 characters)");
+            e.add(
+                "name",
+                "REQUIRED",
+                "name is required (at most 100 characters)",
+            );
         }
         if self.birth_date > today {
-            e.add("birth_date", "IN_FUTURE", "birth_date must not be in the future");
+            e.add(
+                "birth_date",
+                "IN_FUTURE",
+                "birth_date must not be in the future",
+            );
         }
         if self.valid_from < self.birth_date {
             e.add(
@@ -218,7 +234,10 @@ impl InsuredDraft {
         }
         if let Some(card) = &self.card {
             let id = card.card_id.trim();
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 e.add(
                     "card.card_id",
                     "FORMAT",

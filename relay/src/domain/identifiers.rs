@@ -128,7 +128,9 @@ impl FacilityCode {
         if !matches!(&digits[2..3], "1" | "3" | "4" | "6") {
             return Err(Invalid::new(
                 "FORMAT",
-                format!("{WHAT}: the third digit (点数表) must be 1 医科, 3 歯科, 4 調剤 or 6 訪問看護"),
+                format!(
+                    "{WHAT}: the third digit (点数表) must be 1 医科, 3 歯科, 4 調剤 or 6 訪問看護"
+                ),
             ));
         }
         checked(digits, WHAT).map(Self)
@@ -269,10 +271,7 @@ impl PublicPayerNumber {
         const WHAT: &str = "公費負担者番号 (public payer number)";
         let digits = plain_digits(raw, WHAT)?;
         if digits.len() != 8 {
-            return Err(Invalid::new(
-                "FORMAT",
-                format!("{WHAT} must have 8 digits"),
-            ));
+            return Err(Invalid::new("FORMAT", format!("{WHAT} must have 8 digits")));
         }
         checked(digits, WHAT).map(Self)
     }
@@ -288,10 +287,7 @@ impl PublicRecipientNumber {
         const WHAT: &str = "公費受給者番号 (public recipient number)";
         let digits = plain_digits(raw, WHAT)?;
         if digits.len() != 7 {
-            return Err(Invalid::new(
-                "FORMAT",
-                format!("{WHAT} must have 7 digits"),
-            ));
+            return Err(Invalid::new("FORMAT", format!("{WHAT} must have 7 digits")));
         }
         checked(digits, WHAT).map(Self)
     }
@@ -330,10 +326,22 @@ mod tests {
 
     #[test]
     fn insurer_numbers() {
-        assert_eq!(InsurerNumber::parse("01130012").unwrap().as_str(), "01130012");
-        assert_eq!(InsurerNumber::parse("０１１３００１２").unwrap().as_str(), "01130012");
-        assert_eq!(InsurerNumber::parse("06123456").unwrap_err().code, "CHECK_DIGIT");
-        assert_eq!(InsurerNumber::parse("12123456").unwrap_err().code, "CHECK_DIGIT");
+        assert_eq!(
+            InsurerNumber::parse("01130012").unwrap().as_str(),
+            "01130012"
+        );
+        assert_eq!(
+            InsurerNumber::parse("０１１３００１２").unwrap().as_str(),
+            "01130012"
+        );
+        assert_eq!(
+            InsurerNumber::parse("06123456").unwrap_err().code,
+            "CHECK_DIGIT"
+        );
+        assert_eq!(
+            InsurerNumber::parse("12123456").unwrap_err().code,
+            "CHECK_DIGIT"
+        );
         assert_eq!(InsurerNumber::parse("0113001").unwrap_err().code, "FORMAT");
         assert_eq!(InsurerNumber::parse("").unwrap_err().code, "REQUIRED");
         assert_eq!(InsurerNumber::parse("0113001x").unwrap_err().code, "FORMAT");
@@ -350,9 +358,15 @@ mod tests {
         assert_eq!(clinic.prefecture(), "99");
         let pharmacy = FacilityCode::parse("9948000014").unwrap();
         assert_eq!(pharmacy.kind(), Some(FacilityKind::Pharmacy));
-        assert_eq!(FacilityCode::parse("0110113710").unwrap_err().code, "CHECK_DIGIT");
+        assert_eq!(
+            FacilityCode::parse("0110113710").unwrap_err().code,
+            "CHECK_DIGIT"
+        );
         assert_eq!(FacilityCode::parse("011011371").unwrap_err().code, "FORMAT");
-        assert_eq!(FacilityCode::parse("5010113719").unwrap_err().code, "FORMAT");
+        assert_eq!(
+            FacilityCode::parse("5010113719").unwrap_err().code,
+            "FORMAT"
+        );
     }
 
     #[test]
@@ -372,7 +386,10 @@ mod tests {
     #[test]
     fn exchange_numbers_are_normalised_text() {
         assert_eq!(ExchangeNumber::parse("012345").unwrap().as_str(), "012345");
-        assert_eq!(ExchangeNumber::parse("０１２ ３４５").unwrap().as_str(), "012345");
+        assert_eq!(
+            ExchangeNumber::parse("０１２ ３４５").unwrap().as_str(),
+            "012345"
+        );
         assert_eq!(ExchangeNumber::parse("012-345").unwrap().as_str(), "012345");
         assert_eq!(
             ExchangeNumber::parse("1000000000000001").unwrap().as_str(),
@@ -395,6 +412,9 @@ mod tests {
         assert!(PublicPayerNumber::parse(&payer).is_ok());
         let recipient = format!("123456{}", check_digit::mod10("123456").unwrap());
         assert!(PublicRecipientNumber::parse(&recipient).is_ok());
-        assert_eq!(PublicPayerNumber::parse("1234567").unwrap_err().code, "FORMAT");
+        assert_eq!(
+            PublicPayerNumber::parse("1234567").unwrap_err().code,
+            "FORMAT"
+        );
     }
 }

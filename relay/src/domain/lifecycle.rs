@@ -88,7 +88,9 @@ pub struct Validity {
 pub enum Window {
     Open,
     /// A later refill use before its window opens (planned date − 7 days).
-    NotYet { opens_on: Date },
+    NotYet {
+        opens_on: Date,
+    },
     Closed,
 }
 

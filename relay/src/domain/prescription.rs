@@ -477,7 +477,13 @@ impl PrescriptionDraft {
         let mut e = FieldErrors::new();
 
         // Patient.
-        let name = text_field(&mut e, "patient.name", &self.patient.name, true, MAX_NAME_CHARS);
+        let name = text_field(
+            &mut e,
+            "patient.name",
+            &self.patient.name,
+            true,
+            MAX_NAME_CHARS,
+        );
         let name_kana = optional_text(
             &mut e,
             "patient.name_kana",
@@ -555,12 +561,20 @@ impl PrescriptionDraft {
         // Doctor, department, remarks.
         let doctor = self.doctor.as_ref().and_then(|d| {
             let name = text_field(&mut e, "doctor.name", &d.name, true, MAX_NAME_CHARS)?;
-            let name_kana =
-                optional_text(&mut e, "doctor.name_kana", d.name_kana.as_deref(), MAX_NAME_CHARS);
+            let name_kana = optional_text(
+                &mut e,
+                "doctor.name_kana",
+                d.name_kana.as_deref(),
+                MAX_NAME_CHARS,
+            );
             Some(DoctorDraft { name, name_kana })
         });
-        let department =
-            optional_text(&mut e, "department", self.department.as_deref(), MAX_NAME_CHARS);
+        let department = optional_text(
+            &mut e,
+            "department",
+            self.department.as_deref(),
+            MAX_NAME_CHARS,
+        );
         let remarks = optional_text(&mut e, "remarks", self.remarks.as_deref(), MAX_TEXT_CHARS);
 
         // Dates.
@@ -670,8 +684,19 @@ fn validate_rp(e: &mut FieldErrors, i: usize, rp: &RpDraft) -> Option<Rp> {
         );
         0
     };
-    let text = text_field(e, &format!("rps[{i}].usage.text"), &rp.usage.text, true, 200);
-    let code = rp.usage.code.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let text = text_field(
+        e,
+        &format!("rps[{i}].usage.text"),
+        &rp.usage.text,
+        true,
+        200,
+    );
+    let code = rp
+        .usage
+        .code
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
     if let Some(c) = code
         && (c.len() != 16 || !c.bytes().all(|b| b.is_ascii_alphanumeric()))
     {
@@ -809,11 +834,19 @@ mod tests {
         let mut v = draft();
         v["rps"] = serde_json::json!([]);
         let errors = parse(v).validate(date(2026, 11, 21)).unwrap_err();
-        assert!(errors.iter().any(|e| e.field == "rps" && e.code == "REQUIRED"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "rps" && e.code == "REQUIRED")
+        );
         let mut v = draft();
         v["rps"][0]["drugs"] = serde_json::json!([]);
         let errors = parse(v).validate(date(2026, 11, 21)).unwrap_err();
-        assert!(errors.iter().any(|e| e.field == "rps[0].drugs" && e.code == "REQUIRED"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "rps[0].drugs" && e.code == "REQUIRED")
+        );
     }
 
     #[test]
@@ -831,7 +864,11 @@ mod tests {
         let mut v = draft();
         v["issued_on"] = "2026-11-01".into();
         let errors = parse(v).validate(date(2026, 11, 21)).unwrap_err();
-        assert!(errors.iter().any(|e| e.field == "valid_until" && e.code == "IN_PAST"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "valid_until" && e.code == "IN_PAST")
+        );
         let mut v = draft();
         v["refill_count"] = 3.into();
         assert!(parse(v).validate(date(2026, 11, 21)).is_ok());

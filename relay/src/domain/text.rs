@@ -33,7 +33,10 @@ pub fn is_separator(c: char) -> bool {
 
 /// Width-folded digits with separators removed; `None` if anything else remains or nothing does.
 pub fn digits_only(s: &str) -> Option<String> {
-    let folded: String = fold_width(s).chars().filter(|c| !is_separator(*c)).collect();
+    let folded: String = fold_width(s)
+        .chars()
+        .filter(|c| !is_separator(*c))
+        .collect();
     (!folded.is_empty() && folded.bytes().all(|b| b.is_ascii_digit())).then_some(folded)
 }
 

@@ -37,7 +37,13 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.problem.code, self.problem.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.problem.code,
+            self.problem.detail
+        )
     }
 }
 
@@ -80,7 +86,11 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "VALIDATION_FAILED",
-            format!("{} field(s) failed validation: {}", errors.len(), fields.join(", ")),
+            format!(
+                "{} field(s) failed validation: {}",
+                errors.len(),
+                fields.join(", ")
+            ),
         );
         e.problem.errors = errors;
         e

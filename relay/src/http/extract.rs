@@ -56,7 +56,9 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthenticated("an Authorization: Bearer <token> header is required"))?;
+        .ok_or_else(|| {
+            ApiError::unauthenticated("an Authorization: Bearer <token> header is required")
+        })?;
     let value = header
         .to_str()
         .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
@@ -65,7 +67,9 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <token>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
+        })?;
     let claims = state.keys.verify(token).map_err(|e| {
         let reason = match e {
             AuthError::Expired => "the token has expired; obtain a new one".to_string(),
@@ -112,7 +116,12 @@ impl FromRequest for JsonBytes {
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
-                let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let mime = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 mime == "application/json" || mime.ends_with("+json")
             })
             .unwrap_or(true); // a missing Content-Type is read as JSON: curl -d users forget it
@@ -150,7 +159,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiE
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "MALFORMED_JSON",
-            format!("the body is not valid JSON (line {}, column {}): {e}", e.line(), e.column()),
+            format!(
+                "the body is not valid JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     let canonical = serde_json::to_vec(&value).unwrap_or_default();
@@ -163,13 +176,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiE
 }
 
 fn type_error(path: &str, message: &str) -> FieldError {
-    let prefix = if path == "." { String::new() } else { format!("{path}.") };
+    let prefix = if path == "." {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
     // serde's messages quote field names in backticks: "missing field `name`".
     let quoted = message.split('`').nth(1).unwrap_or("");
     let (field, code) = if message.starts_with("missing field") {
         (format!("{prefix}{quoted}"), "REQUIRED")
     } else if message.starts_with("unknown field") {
-        (format!("{prefix}{quoted}"), "UNKNOWN_FIELD")
+        // The path already ends at the unknown field.
+        (path.to_string(), "UNKNOWN_FIELD")
     } else if message.starts_with("unknown variant") {
         (path.to_string(), "INVALID_VALUE")
     } else if message.starts_with("invalid type") {
@@ -177,7 +195,11 @@ fn type_error(path: &str, message: &str) -> FieldError {
     } else {
         (path.to_string(), "INVALID_VALUE")
     };
-    let field = if field.is_empty() || field == "." { "body".to_string() } else { field };
+    let field = if field.is_empty() || field == "." {
+        "body".to_string()
+    } else {
+        field
+    };
     FieldError {
         message: format!("{field}: {message}"),
         field,
@@ -197,7 +219,9 @@ impl FromRequest for IdempotencyKey {
         let result = match req.headers().get("Idempotency-Key") {
             None => Ok(IdempotencyKey(None)),
             Some(v) => match v.to_str() {
-                Ok(s) if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) => {
+                Ok(s)
+                    if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
                     Ok(IdempotencyKey(Some(s.to_string())))
                 }
                 _ => Err(ApiError::field(

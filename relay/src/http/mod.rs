@@ -19,7 +19,12 @@ pub use state::AppState;
 /// Registers every route. Literal paths (`/receive`) come before `{id}` patterns.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
-        ApiError::field("query", "INVALID_VALUE", format!("the query string is invalid: {err}")).into()
+        ApiError::field(
+            "query",
+            "INVALID_VALUE",
+            format!("the query string is invalid: {err}"),
+        )
+        .into()
     }))
     .app_data(web::PathConfig::default().error_handler(|err, _| {
         ApiError::not_found("NOT_FOUND", format!("no such resource: {err}")).into()

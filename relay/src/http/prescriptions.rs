@@ -3,8 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use jiff::ToSpan;
 use jiff::Timestamp;
+use jiff::ToSpan;
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,7 +15,9 @@ use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
 use crate::db::prescriptions::{DispensingRecord, Record, Search};
-use crate::db::{self, DbError, GenericClient, events, facilities, master, prescriptions, throttle};
+use crate::db::{
+    self, DbError, GenericClient, events, facilities, master, prescriptions, throttle,
+};
 use crate::domain::FieldError;
 use crate::domain::dispensing::{DispenseContext, DispenseDraft};
 use crate::domain::errors::FieldErrors;
@@ -24,7 +26,9 @@ use crate::domain::identifiers::{
     InsurerNumber,
 };
 use crate::domain::lifecycle::{EventAction, IssueType, Status, Window, effective_status};
-use crate::domain::prescription::{CodeSystem, DoctorDraft, DrugRef, Prescription, PrescriptionDraft};
+use crate::domain::prescription::{
+    CodeSystem, DoctorDraft, DrugRef, Prescription, PrescriptionDraft,
+};
 use crate::domain::time::today;
 
 const CLINIC_READERS: &[Role] = &[Role::Doctor, Role::ClinicClerk];
@@ -317,10 +321,10 @@ fn is_issuer(caller: &Caller, r: &Record) -> bool {
     caller.role.is_clinic() && r.issuer_code == caller.facility.as_str()
 }
 
+/// The pharmacy holding the prescription, or the one that dispensed it (the holder is kept once
+/// dispensed and cleared on release or cancellation).
 fn is_holder(caller: &Caller, r: &Record) -> bool {
-    caller.role.is_pharmacy()
-        && r.status == Status::Dispensing
-        && r.holder_code.as_deref() == Some(caller.facility.as_str())
+    caller.role.is_pharmacy() && r.holder_code.as_deref() == Some(caller.facility.as_str())
 }
 
 fn reason(body: &ReasonBody) -> Result<String, ApiError> {
@@ -410,9 +414,15 @@ pub async fn register(
         // prescriptions is rare, twenty in a row means something else is wrong.
         for _ in 0..20 {
             let number = ExchangeNumber::random(&mut rng);
-            if let Some(record) =
-                prescriptions::insert(tx, id, &caller.facility, &caller.staff, &prescription, &number)
-                    .await?
+            if let Some(record) = prescriptions::insert(
+                tx,
+                id,
+                &caller.facility,
+                &caller.staff,
+                &prescription,
+                &number,
+            )
+            .await?
             {
                 events::append(
                     tx,
@@ -457,7 +467,9 @@ pub async fn get_one(
 ) -> Result<web::Json<PrescriptionView>, ApiError> {
     let id = parse_id(&id)?;
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let record = prescriptions::get(&client, id).await?.ok_or_else(not_found)?;
+    let record = prescriptions::get(&client, id)
+        .await?
+        .ok_or_else(not_found)?;
     if !is_issuer(&caller, &record) && !is_holder(&caller, &record) {
         return Err(ApiError::forbidden(
             "only the issuing institution and the pharmacy holding it may see this prescription",
@@ -578,7 +590,9 @@ pub async fn cancel(
     let id = parse_id(&id)?;
     let why = reason(&body.value)?;
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
-        let r = prescriptions::get_for_update(tx, id).await?.ok_or_else(not_found)?;
+        let r = prescriptions::get_for_update(tx, id)
+            .await?
+            .ok_or_else(not_found)?;
         if r.issuer_code != caller.facility.as_str() {
             return Err(ApiError::forbidden(
                 "only the issuing institution may cancel a prescription",
@@ -599,7 +613,7 @@ pub async fn cancel(
                 "ALREADY_DISPENSED",
                 "the prescription has been dispensed and can no longer be cancelled",
             )
-            .with("status", "dispensed")),
+            .with("current_status", "dispensed")),
             Status::Dispensing if r.cancellation_pending => {
                 reply(StatusCode::ACCEPTED, "pending_cancellation")
             }
@@ -659,12 +673,19 @@ pub async fn receive(
     let body = body.parse::<ReceiveRequest>()?;
     let request = body.value;
     let mut e = FieldErrors::new();
-    let number = e.take("exchange_number", ExchangeNumber::parse(&request.exchange_number));
+    let number = e.take(
+        "exchange_number",
+        ExchangeNumber::parse(&request.exchange_number),
+    );
     let identity = identity_of(&request.insured, "insured", &mut e);
     if let Some(b) = request.birth_date
         && b > today()
     {
-        e.add("birth_date", "IN_FUTURE", "birth_date must not be in the future");
+        e.add(
+            "birth_date",
+            "IN_FUTURE",
+            "birth_date must not be in the future",
+        );
     }
     let (Some(number), Some(identity)) = (number, identity) else {
         return Err(ApiError::validation(e.into_vec()));
@@ -808,7 +829,9 @@ async fn held_by_caller(
     caller: &Caller,
     id: Uuid,
 ) -> Result<Record, ApiError> {
-    let r = prescriptions::get_for_update(tx, id).await?.ok_or_else(not_found)?;
+    let r = prescriptions::get_for_update(tx, id)
+        .await?
+        .ok_or_else(not_found)?;
     if !caller.role.is_pharmacy() || r.holder_code.as_deref() != Some(caller.facility.as_str()) {
         return Err(ApiError::forbidden(
             "only the pharmacy holding this prescription may do this",
@@ -817,9 +840,12 @@ async fn held_by_caller(
     if r.status != Status::Dispensing {
         return Err(ApiError::conflict(
             "NOT_HELD",
-            format!("the prescription is {}, not held by a pharmacy", r.status.as_str()),
+            format!(
+                "the prescription is {}, not held by a pharmacy",
+                r.status.as_str()
+            ),
         )
-        .with("status", r.status));
+        .with("current_status", r.status));
     }
     Ok(r)
 }
@@ -951,12 +977,24 @@ pub async fn dispense(
         .await?;
         if r.cancellation_pending {
             let (action, detail) = if next == Status::Cancelled {
-                (EventAction::CancellationApplied, "remaining refill uses cancelled")
+                (
+                    EventAction::CancellationApplied,
+                    "remaining refill uses cancelled",
+                )
             } else {
-                (EventAction::CancellationRejected, "dispensed before the cancellation could apply")
+                (
+                    EventAction::CancellationRejected,
+                    "dispensed before the cancellation could apply",
+                )
             };
-            events::append(tx, id, caller.actor(), action, serde_json::json!({"detail": detail}))
-                .await?;
+            events::append(
+                tx,
+                id,
+                caller.actor(),
+                action,
+                serde_json::json!({"detail": detail}),
+            )
+            .await?;
         }
         Reply::new(
             StatusCode::OK,
@@ -984,7 +1022,9 @@ pub async fn list_events(
 ) -> Result<web::Json<EventList>, ApiError> {
     let id = parse_id(&id)?;
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let r = prescriptions::get(&client, id).await?.ok_or_else(not_found)?;
+    let r = prescriptions::get(&client, id)
+        .await?
+        .ok_or_else(not_found)?;
     if !is_issuer(&caller, &r) && !is_holder(&caller, &r) {
         return Err(ApiError::forbidden(
             "only the issuing institution and the pharmacy holding it may see its events",

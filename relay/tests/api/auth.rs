@@ -6,11 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use relay::auth::{AuthSettings, KeySet, Role};
 
 fn unsigned(header: &str, claims: &serde_json::Value) -> String {
-    format!(
-        "{}.{}.",
-        B64.encode(header),
-        B64.encode(claims.to_string())
-    )
+    format!("{}.{}.", B64.encode(header), B64.encode(claims.to_string()))
 }
 
 #[tokio::test]
@@ -18,7 +14,12 @@ async fn bad_tokens_are_401() {
     let app = TestApp::spawn().await;
     let path = "/v1/prescriptions";
     // No token at all.
-    let r = app.http.get(format!("{}{path}", app.address)).send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{}{path}", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let now = jiff::Timestamp::now().as_second();
@@ -28,12 +29,23 @@ async fn bad_tokens_are_401() {
     let cases = [
         ("malformed", "abc.def".to_string()),
         ("garbage", "not a token at all".to_string()),
-        ("alg none", unsigned(r#"{"alg":"none","typ":"JWT"}"#, &claims)),
+        (
+            "alg none",
+            unsigned(r#"{"alg":"none","typ":"JWT"}"#, &claims),
+        ),
         (
             "alg none with our kid",
-            unsigned(&format!(r#"{{"alg":"none","kid":"{}"}}"#, app.keys.kid()), &claims),
+            unsigned(
+                &format!(r#"{{"alg":"none","kid":"{}"}}"#, app.keys.kid()),
+                &claims,
+            ),
         ),
-        ("wrong key", other.mint("x", CLINIC, Role::Doctor, Duration::from_secs(600)).unwrap()),
+        (
+            "wrong key",
+            other
+                .mint("x", CLINIC, Role::Doctor, Duration::from_secs(600))
+                .unwrap(),
+        ),
         ("HS256", {
             let h = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
             let c = B64.encode(claims.to_string());
@@ -76,21 +88,45 @@ async fn roles_and_facilities_are_enforced() {
     let app = TestApp::spawn().await;
     let body = prescription();
     // Only doctors register.
-    for role in [Role::ClinicClerk, Role::Pharmacist, Role::PharmacyClerk, Role::Admin] {
+    for role in [
+        Role::ClinicClerk,
+        Role::Pharmacist,
+        Role::PharmacyClerk,
+        Role::Admin,
+    ] {
         let facility = if role.is_pharmacy() { PHARMACY } else { CLINIC };
-        let r = app.post("/v1/prescriptions", &role_token(&app, facility, role), &body).await;
+        let r = app
+            .post(
+                "/v1/prescriptions",
+                &role_token(&app, facility, role),
+                &body,
+            )
+            .await;
         r.assert_problem(403, "FORBIDDEN");
     }
     // A doctor token for a pharmacy code, or an unregistered clinic, cannot register.
     let r = app
-        .post("/v1/prescriptions", &app.token(PHARMACY, Role::Doctor, "d"), &body)
+        .post(
+            "/v1/prescriptions",
+            &app.token(PHARMACY, Role::Doctor, "d"),
+            &body,
+        )
         .await;
     r.assert_problem(403, "FORBIDDEN");
     let r = app
-        .post("/v1/prescriptions", &app.token("0110113719", Role::Doctor, "d"), &body)
+        .post(
+            "/v1/prescriptions",
+            &app.token("0110113719", Role::Doctor, "d"),
+            &body,
+        )
         .await;
     r.assert_problem(403, "FORBIDDEN");
-    assert!(r.body["detail"].as_str().unwrap().contains("not registered"));
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not registered")
+    );
     // Only pharmacy staff receive.
     let reg = app.register(&body).await;
     let number = reg["exchange_number"].as_str().unwrap();
@@ -103,12 +139,19 @@ async fn roles_and_facilities_are_enforced() {
     let r = app.get("/v1/prescriptions", &clerk).await;
     r.assert_problem(403, "FORBIDDEN");
     let r = app
-        .get("/v1/prescriptions", &role_token(&app, CLINIC, Role::ClinicClerk))
+        .get(
+            "/v1/prescriptions",
+            &role_token(&app, CLINIC, Role::ClinicClerk),
+        )
         .await;
     assert_eq!(r.status, 200);
     // Admin endpoints need admin.
     let r = app
-        .post("/v1/admin/facilities", &app.doctor(), &serde_json::json!({}))
+        .post(
+            "/v1/admin/facilities",
+            &app.doctor(),
+            &serde_json::json!({}),
+        )
         .await;
     r.assert_problem(403, "FORBIDDEN");
 }

@@ -45,7 +45,12 @@ async fn readyz_fails_fast_when_the_database_is_unreachable() {
     assert!(!body.to_string().contains("secret"), "no secret in {body}");
     // An API call answers 503 too, with Retry-After.
     let token = keys
-        .mint("doctor-1", CLINIC, relay::auth::Role::Doctor, std::time::Duration::from_secs(60))
+        .mint(
+            "doctor-1",
+            CLINIC,
+            relay::auth::Role::Doctor,
+            std::time::Duration::from_secs(60),
+        )
         .unwrap();
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/prescriptions"))
@@ -79,12 +84,21 @@ async fn openapi_and_swagger_ui_are_served_offline() {
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
-    assert!(r.body["info"]["description"].as_str().unwrap().contains("Retry-After"));
+    assert!(
+        r.body["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Retry-After")
+    );
     let r = app.get_anon("/docs").await;
     assert_eq!(r.status, 302);
     let r = app.get_anon("/docs/").await;
     assert_eq!(r.status, 200);
-    assert!(r.text.contains("swagger"), "swagger page: {}", &r.text[..r.text.len().min(200)]);
+    assert!(
+        r.text.contains("swagger"),
+        "swagger page: {}",
+        &r.text[..r.text.len().min(200)]
+    );
     let r = app.get_anon("/docs/swagger-ui-bundle.js").await;
     assert_eq!(r.status, 200, "the UI's script is vendored");
 }

@@ -30,7 +30,9 @@ fn admin_url() -> String {
 
 fn url_for(db: &str) -> String {
     let admin = admin_url();
-    let (base, _) = admin.rsplit_once('/').expect("admin URL has a database path");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("admin URL has a database path");
     format!("{base}/{db}")
 }
 
@@ -286,8 +288,16 @@ impl Resp {
     /// Asserts an `application/problem+json` answer with this status and code.
     #[track_caller]
     pub fn assert_problem(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
-        assert_eq!(self.body["code"], code, "unexpected code; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.body["code"], code,
+            "unexpected code; body: {}",
+            self.text
+        );
         assert_eq!(self.body["status"], status);
         assert!(
             self.header("content-type")
@@ -331,7 +341,10 @@ pub fn prescription() -> Value {
 /// A valid pharmacy code that is not among the demo facilities: 99 4 8 NNNN + check digit.
 pub fn pharmacy_code(n: u32) -> String {
     let base = format!("99481{n:04}");
-    format!("{base}{}", relay::domain::check_digit::mod10(&base).expect("digits"))
+    format!(
+        "{base}{}",
+        relay::domain::check_digit::mod10(&base).expect("digits")
+    )
 }
 
 /// Registers extra pharmacies directly in the registry.

@@ -2,8 +2,8 @@
 
 mod admin;
 mod auth;
-mod helpers;
 mod health;
+mod helpers;
 mod idempotency;
 mod lifecycle;
 mod prescriptions;
