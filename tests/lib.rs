@@ -101,7 +101,7 @@ impl Relay {
     /// Starts `relay serve` with stderr captured to `work/serve.log`; waits for /healthz.
     pub fn serve(&self) -> Child {
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let child = self
+        let mut child = self
             .command(&["serve"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -114,6 +114,8 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("relay serve did not listen; log:\n{}", self.log());
     }
 

@@ -64,8 +64,14 @@ impl ApiError {
         }
     }
 
-    /// Adds a problem-specific member.
+    /// Adds a problem-specific member. The problem's own members (`status`, `code`, …) cannot be
+    /// overwritten: a duplicate key would make clients read the wrong one.
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        const RESERVED: [&str; 6] = ["type", "status", "code", "title", "detail", "errors"];
+        debug_assert!(!RESERVED.contains(&key), "problem member {key} is reserved");
+        if RESERVED.contains(&key) {
+            return self;
+        }
         if let Ok(v) = serde_json::to_value(value) {
             self.problem.extra.insert(key.to_string(), v);
         }

@@ -23,6 +23,7 @@ error the key may be used again.
 | 403 | FORBIDDEN | no: wrong role or facility |
 | 404 | PRESCRIPTION_NOT_FOUND, NOT_FOUND | no: check the 引換番号 and identity with the patient (failed receives count towards the throttle) |
 | 409 | HELD_BY_ANOTHER_PHARMACY, ALREADY_DISPENSED, NOT_HELD, REFILL_NOT_DUE, FACILITY_EXISTS, COVERAGE_EXISTS | not as is: the prescription's state must change first (e.g. the holder releases it) |
+| 409 | PRESCRIPTION_BUSY | yes, at once: it changed while being received |
 | 410 | PRESCRIPTION_CANCELLED, PRESCRIPTION_EXPIRED | never |
 | 413, 415 | BODY_NOT_READABLE, UNSUPPORTED_MEDIA_TYPE | no: fix the request |
 | 422 | VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED | no: fix the fields / use a new key |

@@ -726,89 +726,102 @@ pub async fn receive(
             }
         }
         let today = today();
-        if let Some(r) = prescriptions::receive_by_number(
-            tx,
-            &number,
-            &identity,
-            request.birth_date,
-            &pharmacy,
-            today,
-        )
-        .await?
-        {
-            events::append(
+        for attempt in 0..2 {
+            if let Some(r) = prescriptions::receive_by_number(
                 tx,
-                r.id,
-                caller.actor(),
-                EventAction::Received,
-                serde_json::json!({"via": "exchange_number", "qualification_id": request.qualification_id}),
+                &number,
+                &identity,
+                request.birth_date,
+                &pharmacy,
+                today,
             )
-            .await?;
-            let v = view(tx, r).await?;
-            return Reply::new(StatusCode::OK, v);
-        }
-        // Nothing receivable matched: say why, counting only a wrong number or identity.
-        let Some(r) =
-            prescriptions::find_by_number(tx, &number, &identity, request.birth_date).await?
-        else {
-            // Recorded outside this transaction, which rolls back with the error.
-            let client = state.pool.get().await.map_err(DbError::from)?;
-            throttle::record_failure(&client, &pharmacy, &identity_hash).await?;
-            return Err(ApiError::not_found(
-                "PRESCRIPTION_NOT_FOUND",
-                "no prescription matches this 引換番号 and insurance identity; check both with the patient's 控え",
-            ));
-        };
-        match r.status {
-            Status::Dispensing if r.holder_code.as_deref() == Some(pharmacy.as_str()) => {
+            .await?
+            {
+                events::append(
+                    tx,
+                    r.id,
+                    caller.actor(),
+                    EventAction::Received,
+                    serde_json::json!({"via": "exchange_number", "qualification_id": request.qualification_id}),
+                )
+                .await?;
                 let v = view(tx, r).await?;
-                Reply::new(StatusCode::OK, v)
+                return Reply::new(StatusCode::OK, v);
             }
-            Status::Dispensing => {
-                let code = r.holder_code.clone().unwrap_or_default();
-                let name = facilities::name_of(tx, &code).await?;
-                Err(ApiError::conflict(
-                    "HELD_BY_ANOTHER_PHARMACY",
-                    format!(
-                        "this prescription is being dispensed by {} ({code}); it must release it first",
-                        name.as_deref().unwrap_or("another pharmacy")
-                    ),
-                )
-                .with("holder", FacilityRef { code, name }))
-            }
-            Status::Dispensed => Err(ApiError::conflict(
-                "ALREADY_DISPENSED",
-                "this prescription has already been dispensed",
-            )),
-            Status::Cancelled => Err(ApiError::gone(
-                "PRESCRIPTION_CANCELLED",
-                "the issuing institution cancelled this prescription; ask the patient for the new one or contact the clinic",
-            )),
-            Status::Expired => Err(expired_error(&r)),
-            Status::Registered => match r.validity.window(today) {
-                Window::NotYet { opens_on } => Err(ApiError::conflict(
-                    "REFILL_NOT_DUE",
-                    format!("the next use of this refill prescription can be received from {opens_on}"),
-                )
-                .with("opens_on", opens_on)),
-                _ => {
-                    // Its window has closed: record the expiry in its own transaction so it
-                    // survives this request's rollback.
-                    let client = state.pool.get().await.map_err(DbError::from)?;
-                    if prescriptions::mark_expired(&client, r.id).await? {
-                        events::append(
-                            &client,
-                            r.id,
-                            events::Actor { staff: "relay", facility: &pharmacy, role: "system" },
-                            EventAction::Expired,
-                            serde_json::json!({"valid_until": r.validity.valid_until}),
-                        )
-                        .await?;
-                    }
-                    Err(expired_error(&r))
+            // Nothing receivable matched: say why, counting only a wrong number or identity.
+            let Some(r) =
+                prescriptions::find_by_number(tx, &number, &identity, request.birth_date).await?
+            else {
+                // Recorded outside this transaction, which rolls back with the error.
+                let client = state.pool.get().await.map_err(DbError::from)?;
+                throttle::record_failure(&client, &pharmacy, &identity_hash).await?;
+                return Err(ApiError::not_found(
+                    "PRESCRIPTION_NOT_FOUND",
+                    "no prescription matches this 引換番号 and insurance identity; check both with the patient's 控え",
+                ));
+            };
+            return match r.status {
+                Status::Dispensing if r.holder_code.as_deref() == Some(pharmacy.as_str()) => {
+                    let v = view(tx, r).await?;
+                    Reply::new(StatusCode::OK, v)
                 }
-            },
+                Status::Dispensing => {
+                    let code = r.holder_code.clone().unwrap_or_default();
+                    let name = facilities::name_of(tx, &code).await?;
+                    Err(ApiError::conflict(
+                        "HELD_BY_ANOTHER_PHARMACY",
+                        format!(
+                            "this prescription is being dispensed by {} ({code}); it must release it first",
+                            name.as_deref().unwrap_or("another pharmacy")
+                        ),
+                    )
+                    .with("holder", FacilityRef { code, name }))
+                }
+                Status::Dispensed => Err(ApiError::conflict(
+                    "ALREADY_DISPENSED",
+                    "this prescription has already been dispensed",
+                )),
+                Status::Cancelled => Err(ApiError::gone(
+                    "PRESCRIPTION_CANCELLED",
+                    "the issuing institution cancelled this prescription; ask the patient for the new one or contact the clinic",
+                )),
+                Status::Expired => Err(expired_error(&r)),
+                Status::Registered => match r.validity.window(today) {
+                    Window::NotYet { opens_on } => Err(ApiError::conflict(
+                        "REFILL_NOT_DUE",
+                        format!("the next use of this refill prescription can be received from {opens_on}"),
+                    )
+                    .with("opens_on", opens_on)),
+                    // Released by its holder between the two statements: try the receive again.
+                    Window::Open if attempt == 0 => continue,
+                    Window::Open => Err(ApiError::conflict(
+                        "PRESCRIPTION_BUSY",
+                        "the prescription changed while it was being received; send the request again",
+                    )),
+                    Window::Closed => {
+                        // Its window has closed: record the expiry in its own transaction so it
+                        // survives this request's rollback.
+                        let client = state.pool.get().await.map_err(DbError::from)?;
+                        if prescriptions::mark_expired(&client, r.id).await? {
+                            events::append(
+                                &client,
+                                r.id,
+                                events::Actor { staff: "relay", facility: &pharmacy, role: "system" },
+                                EventAction::Expired,
+                                serde_json::json!({"valid_until": r.validity.valid_until}),
+                            )
+                            .await?;
+                        }
+                        Err(expired_error(&r))
+                    }
+                },
+            };
         }
+        // Every arm of the last attempt returns; kept as an answer rather than a panic.
+        Err(ApiError::conflict(
+            "PRESCRIPTION_BUSY",
+            "the prescription changed while it was being received; send the request again",
+        ))
     })
     .await
 }

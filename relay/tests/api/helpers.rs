@@ -61,20 +61,74 @@ async fn admin_exec(sql: &str) {
     let _ = task.await;
 }
 
-/// A migrated database holding the demo seed and the real drug master, made once per test binary.
+/// What the template is made of: when any of it changes, a new template is built.
+fn template_name() -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let sql_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql");
+    let mut files: Vec<_> = std::fs::read_dir(&sql_dir)
+        .expect("sql/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        h.update(std::fs::read(&f).expect("migration readable"));
+    }
+    h.update(include_str!("../../src/seed.rs"));
+    for f in ["mhlw-yakka-list-20250716.csv", "contraindications-seed.csv"] {
+        let len = std::fs::metadata(shared_data_dir().join(f))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        h.update(len.to_le_bytes());
+    }
+    let digest = h.finalize();
+    format!(
+        "tpl_{}",
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// A migrated database holding the demo seed and the real drug master. Test processes (nextest
+/// runs one per test) share it: the first builds it under an advisory lock, the rest copy it.
 async fn template() -> &'static str {
     TEMPLATE
         .get_or_init(|| async {
-            let name = format!("tpl_{}", std::process::id());
-            admin_exec(&format!("DROP DATABASE IF EXISTS {name}")).await;
-            admin_exec(&format!("CREATE DATABASE {name}")).await;
-            let settings = Settings::with_database(DatabaseUrl::new(url_for(&name)));
-            let pool = relay::db::pool(&settings).expect("pool");
-            relay::db::migrate(&pool).await.expect("migrate template");
-            relay::seed::demo(&pool, &shared_data_dir())
+            let name = template_name();
+            let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
                 .await
-                .expect("seed template");
-            pool.close();
+                .expect("connect to the test cluster as its superuser");
+            let task = tokio::spawn(conn);
+            client
+                .execute("SELECT pg_advisory_lock(727001)", &[])
+                .await
+                .expect("template lock");
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await
+                .expect("look up template")
+                .is_some();
+            if !exists {
+                let building = format!("{name}_building");
+                admin_exec(&format!("DROP DATABASE IF EXISTS {building}")).await;
+                admin_exec(&format!("CREATE DATABASE {building}")).await;
+                let settings = Settings::with_database(DatabaseUrl::new(url_for(&building)));
+                let pool = relay::db::pool(&settings).expect("pool");
+                relay::db::migrate(&pool).await.expect("migrate template");
+                relay::seed::demo(&pool, &shared_data_dir())
+                    .await
+                    .expect("seed template");
+                pool.close();
+                admin_exec(&format!("ALTER DATABASE {building} RENAME TO {name}")).await;
+            }
+            client
+                .execute("SELECT pg_advisory_unlock(727001)", &[])
+                .await
+                .expect("template unlock");
+            drop(client);
+            let _ = task.await;
             name
         })
         .await
@@ -84,7 +138,6 @@ pub struct TestApp {
     pub address: String,
     pub pool: Pool,
     pub keys: KeySet,
-    pub database: String,
     pub http: reqwest::Client,
     handle: actix_web::dev::ServerHandle,
 }
@@ -118,7 +171,6 @@ impl TestApp {
             address,
             pool,
             keys,
-            database,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

@@ -2,6 +2,9 @@ use crate::helpers::*;
 use jiff::ToSpan;
 use serde_json::{Value, json};
 
+/// A change to a valid prescription body.
+type Change = Box<dyn FnOnce(&mut Value)>;
+
 /// Applies `change` to a valid prescription and returns the (field, code) pairs of the 422.
 async fn errors_for(app: &TestApp, change: impl FnOnce(&mut Value)) -> Vec<(String, String)> {
     let mut body = prescription();
@@ -85,7 +88,7 @@ async fn every_validation_rule_names_its_field() {
     let app = TestApp::spawn().await;
     let tomorrow = today().checked_add(1.day()).unwrap().to_string();
     let long_ago = today().checked_sub(30.days()).unwrap().to_string();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, &str, &str)> = vec![
+    let cases: Vec<(&str, Change, &str, &str)> = vec![
         (
             "insurer check digit",
             Box::new(|b| b["insurance"]["insurer_number"] = "06123456".into()),
