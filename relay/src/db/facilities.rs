@@ -29,43 +29,30 @@ fn from_row(row: &tokio_postgres::Row) -> Facility {
 
 /// Inserts a new facility; `false` when the code is already registered.
 pub async fn insert(c: &impl GenericClient, f: &Facility) -> Result<bool, DbError> {
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO facilities (code, kind, name, address, phone, email, fax_email, accepts_e_prescriptions)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (code) DO NOTHING",
-        )
-        .await?;
-    let n = c
-        .execute(
-            &stmt,
-            &[
-                &f.code.as_str(),
-                &f.kind.as_str(),
-                &f.name,
-                &f.address,
-                &f.phone,
-                &f.email,
-                &f.fax_email,
-                &f.accepts_e_prescriptions,
-            ],
-        )
-        .await?;
-    Ok(n == 1)
+    Ok(write(c, f, "DO NOTHING").await? == 1)
 }
 
 /// Inserts or replaces a facility (used by the demo seed).
 pub async fn upsert(c: &impl GenericClient, f: &Facility) -> Result<(), DbError> {
+    write(
+        c,
+        f,
+        "DO UPDATE SET kind = EXCLUDED.kind, name = EXCLUDED.name, address = EXCLUDED.address,
+             phone = EXCLUDED.phone, email = EXCLUDED.email, fax_email = EXCLUDED.fax_email,
+             accepts_e_prescriptions = EXCLUDED.accepts_e_prescriptions, updated_at = now()",
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write(c: &impl GenericClient, f: &Facility, on_conflict: &str) -> Result<u64, DbError> {
     let stmt = c
-        .prepare_cached(
-            "INSERT INTO facilities (code, kind, name, address, phone, email, fax_email, accepts_e_prescriptions)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (code) DO UPDATE SET kind = EXCLUDED.kind, name = EXCLUDED.name,
-                 address = EXCLUDED.address, phone = EXCLUDED.phone, email = EXCLUDED.email,
-                 fax_email = EXCLUDED.fax_email,
-                 accepts_e_prescriptions = EXCLUDED.accepts_e_prescriptions, updated_at = now()",
-        )
+        .prepare_cached(&format!(
+            "INSERT INTO facilities ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (code) {on_conflict}"
+        ))
         .await?;
-    c.execute(
+    Ok(c.execute(
         &stmt,
         &[
             &f.code.as_str(),
@@ -78,8 +65,7 @@ pub async fn upsert(c: &impl GenericClient, f: &Facility) -> Result<(), DbError>
             &f.accepts_e_prescriptions,
         ],
     )
-    .await?;
-    Ok(())
+    .await?)
 }
 
 pub async fn get(c: &impl GenericClient, code: &FacilityCode) -> Result<Option<Facility>, DbError> {

@@ -124,23 +124,18 @@ pub async fn insert(
 }
 
 pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<Record>, DbError> {
-    let stmt = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM prescriptions WHERE id = $1"
-        ))
-        .await?;
-    c.query_opt(&stmt, &[&id])
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    fetch(c, id, "").await
 }
 
 /// Locks the row for a state change in the caller's transaction.
 pub async fn get_for_update(c: &impl GenericClient, id: Uuid) -> Result<Option<Record>, DbError> {
+    fetch(c, id, "FOR UPDATE").await
+}
+
+async fn fetch(c: &impl GenericClient, id: Uuid, lock: &str) -> Result<Option<Record>, DbError> {
     let stmt = c
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM prescriptions WHERE id = $1 FOR UPDATE"
+            "SELECT {COLUMNS} FROM prescriptions WHERE id = $1 {lock}"
         ))
         .await?;
     c.query_opt(&stmt, &[&id])

@@ -9,14 +9,24 @@ pub struct Recent {
     pub seconds_until_oldest_expires: i64,
 }
 
+/// Counts failures in the window where `column = key`; the expiry is that of the failure that must
+/// leave the window before the count drops below `limit`.
 async fn recent(
     c: &impl GenericClient,
-    sql: &str,
+    column: &str,
     key: &(dyn tokio_postgres::types::ToSql + Sync),
     window_seconds: i64,
     limit: i64,
 ) -> Result<Recent, DbError> {
-    let stmt = c.prepare_cached(sql).await?;
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH w AS (SELECT at FROM receive_failures
+                         WHERE {column} = $1 AND at > now() - make_interval(secs => $2))
+             SELECT (SELECT count(*) FROM w),
+                    (SELECT extract(epoch FROM at + make_interval(secs => $2) - now())::float8
+                       FROM w ORDER BY at DESC OFFSET greatest($3::bigint - 1, 0) LIMIT 1)"
+        ))
+        .await?;
     let row = c
         .query_one(&stmt, &[key, &(window_seconds as f64), &limit])
         .await?;
@@ -26,46 +36,24 @@ async fn recent(
     })
 }
 
-/// Counts the identity's failures in the window; the expiry is that of the failure that must leave
-/// the window before the count drops below `limit`.
+/// Failures for one insurance identity (by its hash), from any pharmacy.
 pub async fn identity_failures(
     c: &impl GenericClient,
     identity_hash: &[u8],
     window_seconds: i64,
     limit: i64,
 ) -> Result<Recent, DbError> {
-    recent(
-        c,
-        "WITH w AS (SELECT at FROM receive_failures
-                     WHERE identity_hash = $1 AND at > now() - make_interval(secs => $2))
-         SELECT (SELECT count(*) FROM w),
-                (SELECT extract(epoch FROM at + make_interval(secs => $2) - now())::float8
-                   FROM w ORDER BY at DESC OFFSET greatest($3::bigint - 1, 0) LIMIT 1)",
-        &identity_hash,
-        window_seconds,
-        limit,
-    )
-    .await
+    recent(c, "identity_hash", &identity_hash, window_seconds, limit).await
 }
 
+/// Failures from one pharmacy, for any identity.
 pub async fn pharmacy_failures(
     c: &impl GenericClient,
     pharmacy_code: &str,
     window_seconds: i64,
     limit: i64,
 ) -> Result<Recent, DbError> {
-    recent(
-        c,
-        "WITH w AS (SELECT at FROM receive_failures
-                     WHERE pharmacy_code = $1 AND at > now() - make_interval(secs => $2))
-         SELECT (SELECT count(*) FROM w),
-                (SELECT extract(epoch FROM at + make_interval(secs => $2) - now())::float8
-                   FROM w ORDER BY at DESC OFFSET greatest($3::bigint - 1, 0) LIMIT 1)",
-        &pharmacy_code,
-        window_seconds,
-        limit,
-    )
-    .await
+    recent(c, "pharmacy_code", &pharmacy_code, window_seconds, limit).await
 }
 
 pub async fn record_failure(

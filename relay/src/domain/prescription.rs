@@ -398,18 +398,28 @@ pub struct DrugRef {
 
 impl Prescription {
     pub fn drug_refs(&self) -> Vec<DrugRef> {
-        self.rps
-            .iter()
-            .enumerate()
-            .flat_map(|(i, rp)| {
-                rp.drugs.iter().enumerate().map(move |(j, d)| DrugRef {
-                    field: format!("rps[{i}].drugs[{j}].code"),
-                    code_system: d.code_system,
-                    code: d.code.clone(),
-                })
-            })
-            .collect()
+        drug_refs(&self.rps, |rp| &rp.drugs, |d| (d.code_system, &d.code))
     }
+}
+
+/// One [`DrugRef`] per drug line of `rps`, named by its JSON path.
+fn drug_refs<R, D>(
+    rps: &[R],
+    drugs: impl Fn(&R) -> &[D],
+    line: impl Fn(&D) -> (CodeSystem, &str),
+) -> Vec<DrugRef> {
+    let mut refs = Vec::new();
+    for (i, rp) in rps.iter().enumerate() {
+        for (j, d) in drugs(rp).iter().enumerate() {
+            let (code_system, code) = line(d);
+            refs.push(DrugRef {
+                field: format!("rps[{i}].drugs[{j}].code"),
+                code_system,
+                code: code.trim().to_string(),
+            });
+        }
+    }
+    refs
 }
 
 fn text_field(
@@ -458,17 +468,7 @@ fn optional_text(
 impl PrescriptionDraft {
     /// The drug lines of the draft, for the master lookup that runs beside field validation.
     pub fn drug_refs(&self) -> Vec<DrugRef> {
-        self.rps
-            .iter()
-            .enumerate()
-            .flat_map(|(i, rp)| {
-                rp.drugs.iter().enumerate().map(move |(j, d)| DrugRef {
-                    field: format!("rps[{i}].drugs[{j}].code"),
-                    code_system: d.code_system,
-                    code: d.code.trim().to_string(),
-                })
-            })
-            .collect()
+        drug_refs(&self.rps, |rp| &rp.drugs, |d| (d.code_system, &d.code))
     }
 
     /// Checks every field against its rule, `today` being today in Japan. Drug codes are checked

@@ -166,6 +166,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiE
             ),
         )
     })?;
+    // PostgreSQL text and jsonb cannot hold U+0000: refuse it here, for every field at once.
+    if let Some(field) = nul_field(&value, String::new()) {
+        return Err(ApiError::field(
+            &field,
+            "FORMAT",
+            format!("{field} contains a NUL character (U+0000), which no field accepts"),
+        ));
+    }
     let canonical = serde_json::to_vec(&value).unwrap_or_default();
     let value = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -173,6 +181,38 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiE
         ApiError::validation(vec![type_error(&path, &message)])
     })?;
     Ok(JsonBody { value, canonical })
+}
+
+/// The JSON path of the first string (or key) holding U+0000.
+fn nul_field(v: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    let name = |at: &str| {
+        if at.is_empty() {
+            "body".to_string()
+        } else {
+            at.to_string()
+        }
+    };
+    match v {
+        Value::String(s) if s.contains('\0') => Some(name(&at)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_field(item, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, item)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(name(&at))
+            } else {
+                nul_field(item, path)
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn type_error(path: &str, message: &str) -> FieldError {

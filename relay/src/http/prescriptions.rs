@@ -327,6 +327,23 @@ fn is_holder(caller: &Caller, r: &Record) -> bool {
     caller.role.is_pharmacy() && r.holder_code.as_deref() == Some(caller.facility.as_str())
 }
 
+/// The prescription `raw_id`, if the caller is its issuer or its holder.
+async fn visible_to(
+    c: &impl GenericClient,
+    caller: &Caller,
+    raw_id: &str,
+) -> Result<Record, ApiError> {
+    let record = prescriptions::get(c, parse_id(raw_id)?)
+        .await?
+        .ok_or_else(not_found)?;
+    if !is_issuer(caller, &record) && !is_holder(caller, &record) {
+        return Err(ApiError::forbidden(
+            "only the issuing institution and the pharmacy holding it may see this prescription",
+        ));
+    }
+    Ok(record)
+}
+
 fn reason(body: &ReasonBody) -> Result<String, ApiError> {
     let r = body.reason.trim();
     if r.is_empty() || r.chars().count() > 500 {
@@ -465,16 +482,8 @@ pub async fn get_one(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<web::Json<PrescriptionView>, ApiError> {
-    let id = parse_id(&id)?;
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let record = prescriptions::get(&client, id)
-        .await?
-        .ok_or_else(not_found)?;
-    if !is_issuer(&caller, &record) && !is_holder(&caller, &record) {
-        return Err(ApiError::forbidden(
-            "only the issuing institution and the pharmacy holding it may see this prescription",
-        ));
-    }
+    let record = visible_to(&client, &caller, &id).await?;
     Ok(web::Json(view(&client, record).await?))
 }
 
@@ -1033,17 +1042,9 @@ pub async fn list_events(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<web::Json<EventList>, ApiError> {
-    let id = parse_id(&id)?;
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let r = prescriptions::get(&client, id)
-        .await?
-        .ok_or_else(not_found)?;
-    if !is_issuer(&caller, &r) && !is_holder(&caller, &r) {
-        return Err(ApiError::forbidden(
-            "only the issuing institution and the pharmacy holding it may see its events",
-        ));
-    }
+    let r = visible_to(&client, &caller, &id).await?;
     Ok(web::Json(EventList {
-        events: events::list(&client, id).await?,
+        events: events::list(&client, r.id).await?,
     }))
 }

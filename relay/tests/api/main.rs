@@ -8,3 +8,4 @@ mod idempotency;
 mod lifecycle;
 mod prescriptions;
 mod receive;
+mod robustness;
