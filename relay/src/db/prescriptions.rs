@@ -4,6 +4,7 @@
 
 use jiff::Timestamp;
 use jiff::civil::Date;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{DbError, GenericClient};
@@ -191,6 +192,26 @@ pub async fn search(c: &impl GenericClient, s: &Search<'_>) -> Result<Vec<Record
     .collect()
 }
 
+/// The match of a receive: the 引換番号 and the whole insurance identity ($1–$5), and the birth
+/// date when one is given ($6).
+const MATCHES_NUMBER: &str = "exchange_number = $1 AND insurer_number = $2 AND symbol = $3
+    AND number = $4 AND branch = $5 AND ($6::date IS NULL OR birth_date = $6)";
+
+fn number_params<'a>(
+    number: &'a ExchangeNumber,
+    identity: &'a InsuranceIdentity,
+    birth_date: &'a Option<Date>,
+) -> Vec<&'a (dyn ToSql + Sync)> {
+    vec![
+        number.as_string(),
+        identity.insurer_number.as_string(),
+        identity.symbol.as_string(),
+        identity.number.as_string(),
+        identity.branch.as_string(),
+        birth_date,
+    ]
+}
+
 /// The receive by 引換番号: one statement that moves a receivable prescription matching the number
 /// and the whole insurance identity (and the birth date when given) to `dispensing`, held by
 /// `pharmacy`. `None` when nothing receivable matched.
@@ -206,29 +227,17 @@ pub async fn receive_by_number(
         .prepare_cached(&format!(
             "UPDATE prescriptions
                 SET status = 'dispensing', holder_code = $7, held_since = now(), updated_at = now()
-              WHERE exchange_number = $1 AND insurer_number = $2 AND symbol = $3 AND number = $4
-                AND branch = $5 AND ($6::date IS NULL OR birth_date = $6)
+              WHERE {MATCHES_NUMBER}
                 AND status = 'registered'
                 AND CASE WHEN uses_dispensed = 0 OR next_refill_date IS NULL THEN $8 <= valid_until
                          ELSE $8 BETWEEN next_refill_date - 7 AND next_refill_date + 7 END
              RETURNING {COLUMNS}"
         ))
         .await?;
-    let row = c
-        .query_opt(
-            &stmt,
-            &[
-                &number.as_str(),
-                &identity.insurer_number.as_str(),
-                &identity.symbol.as_str(),
-                &identity.number.as_str(),
-                &identity.branch.as_str(),
-                &birth_date,
-                &pharmacy,
-                &today,
-            ],
-        )
-        .await?;
+    let mut params = number_params(number, identity, &birth_date);
+    params.push(&pharmacy);
+    params.push(&today);
+    let row = c.query_opt(&stmt, &params).await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -242,25 +251,13 @@ pub async fn find_by_number(
 ) -> Result<Option<Record>, DbError> {
     let stmt = c
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM prescriptions
-              WHERE exchange_number = $1 AND insurer_number = $2 AND symbol = $3 AND number = $4
-                AND branch = $5 AND ($6::date IS NULL OR birth_date = $6)
+            "SELECT {COLUMNS} FROM prescriptions WHERE {MATCHES_NUMBER}
               ORDER BY (status IN ('registered', 'dispensing')) DESC, created_at DESC
               LIMIT 1"
         ))
         .await?;
     let row = c
-        .query_opt(
-            &stmt,
-            &[
-                &number.as_str(),
-                &identity.insurer_number.as_str(),
-                &identity.symbol.as_str(),
-                &identity.number.as_str(),
-                &identity.branch.as_str(),
-                &birth_date,
-            ],
-        )
+        .query_opt(&stmt, &number_params(number, identity, &birth_date))
         .await?;
     row.as_ref().map(from_row).transpose()
 }

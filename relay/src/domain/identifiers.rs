@@ -15,6 +15,11 @@ macro_rules! string_newtype {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The inner string, for APIs that bind a borrowed `String` (query parameters).
+            pub fn as_string(&self) -> &String {
+                &self.0
+            }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
