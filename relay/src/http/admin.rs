@@ -19,9 +19,9 @@ use crate::domain::time::today;
     post, path = "/v1/admin/facilities", tag = "admin",
     request_body = FacilityDraft,
     params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = Facility), (status = 403, body = Problem),
+    responses((status = 201, body = Facility, description = "created"), (status = 403, body = Problem, description = "wrong role or facility"),
               (status = 409, body = Problem, description = "FACILITY_EXISTS"),
-              (status = 422, body = Problem)),
+              (status = 422, body = Problem, description = "validation failed: every bad field is listed")),
     security(("bearer" = []))
 )]
 #[post("/v1/admin/facilities")]
@@ -58,9 +58,9 @@ pub struct InsuredCreated {
     post, path = "/v1/admin/insured", tag = "admin",
     request_body = InsuredDraft,
     params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = InsuredCreated), (status = 403, body = Problem),
+    responses((status = 201, body = InsuredCreated, description = "created"), (status = 403, body = Problem, description = "wrong role or facility"),
               (status = 409, body = Problem, description = "COVERAGE_EXISTS"),
-              (status = 422, body = Problem)),
+              (status = 422, body = Problem, description = "validation failed: every bad field is listed")),
     security(("bearer" = []))
 )]
 #[post("/v1/admin/insured")]

@@ -7,7 +7,7 @@ use super::state::AppState;
 use crate::db;
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "OK")))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
@@ -15,7 +15,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// The database is reachable.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200), (status = 503, body = Problem)))]
+    responses((status = 200, description = "OK"), (status = 503, body = Problem, description = "database unavailable: retry after Retry-After")))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     db::ping(&state.pool).await?;
@@ -23,7 +23,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// The public keys tokens are verified with (JWKS).
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200)))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200, description = "OK")))]
 #[get("/.well-known/jwks.json")]
 pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.keys.jwks())

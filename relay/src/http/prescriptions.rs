@@ -385,9 +385,9 @@ fn identity_of(k: &InsuredKey, prefix: &str, e: &mut FieldErrors) -> Option<Insu
     request_body = PrescriptionDraft,
     params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, e.g. a UUID")),
     responses(
-        (status = 201, body = Registered),
+        (status = 201, body = Registered, description = "created"),
         (status = 400, body = Problem, description = "MALFORMED_JSON: fix the body; do not retry as is"),
-        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 401, body = Problem, description = "no, expired or invalid token"), (status = 403, body = Problem, description = "wrong role or facility"),
         (status = 422, body = Problem, description = "VALIDATION_FAILED (every bad field listed), IDEMPOTENCY_KEY_REUSED; do not retry as is"),
         (status = 503, body = Problem, description = "DATABASE_UNAVAILABLE: retry with the same Idempotency-Key after Retry-After"),
     ),
@@ -472,8 +472,8 @@ pub async fn register(
 #[utoipa::path(
     get, path = "/v1/prescriptions/{id}", tag = "prescriptions",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = PrescriptionView), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = PrescriptionView, description = "OK"), (status = 401, body = Problem, description = "no, expired or invalid token"),
+              (status = 403, body = Problem, description = "wrong role or facility"), (status = 404, body = Problem, description = "not found")),
     security(("bearer" = []))
 )]
 #[get("/v1/prescriptions/{id}")]
@@ -491,8 +491,8 @@ pub async fn get_one(
 #[utoipa::path(
     get, path = "/v1/prescriptions", tag = "prescriptions",
     params(SearchQuery),
-    responses((status = 200, body = PrescriptionList), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 422, body = Problem)),
+    responses((status = 200, body = PrescriptionList, description = "OK"), (status = 401, body = Problem, description = "no, expired or invalid token"),
+              (status = 403, body = Problem, description = "wrong role or facility"), (status = 422, body = Problem, description = "validation failed: every bad field is listed")),
     security(("bearer" = []))
 )]
 #[get("/v1/prescriptions")]
@@ -579,7 +579,7 @@ pub async fn search(
     responses(
         (status = 200, body = StatusReply, description = "cancelled (also when it already was)"),
         (status = 202, body = StatusReply, description = "pending_cancellation: applied when the holder releases it"),
-        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 403, body = Problem, description = "wrong role or facility"), (status = 404, body = Problem, description = "not found"),
         (status = 409, body = Problem, description = "ALREADY_DISPENSED: do not retry"),
         (status = 503, body = Problem, description = "retry with the same Idempotency-Key"),
     ),
@@ -661,7 +661,7 @@ pub async fn cancel(
     request_body = ReceiveRequest,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses(
-        (status = 200, body = PrescriptionView),
+        (status = 200, body = PrescriptionView, description = "OK"),
         (status = 404, body = Problem, description = "PRESCRIPTION_NOT_FOUND: wrong number or identity (counted towards the throttle); check with the patient, do not retry blindly"),
         (status = 409, body = Problem, description = "HELD_BY_ANOTHER_PHARMACY (names the holder), ALREADY_DISPENSED, REFILL_NOT_DUE"),
         (status = 410, body = Problem, description = "PRESCRIPTION_CANCELLED / PRESCRIPTION_EXPIRED: do not retry; ask the clinic"),
@@ -877,8 +877,8 @@ async fn held_by_caller(
     post, path = "/v1/prescriptions/{id}/release", tag = "dispensing",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = ReasonBody,
-    responses((status = 200, body = StatusReply), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses((status = 200, body = StatusReply, description = "OK"), (status = 403, body = Problem, description = "wrong role or facility"),
+              (status = 404, body = Problem, description = "not found"), (status = 409, body = Problem, description = "conflicts with the current state")),
     security(("bearer" = []))
 )]
 #[post("/v1/prescriptions/{id}/release")]
@@ -936,9 +936,9 @@ pub async fn release(
     post, path = "/v1/prescriptions/{id}/dispense", tag = "dispensing",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = DispenseDraft,
-    responses((status = 200, body = StatusReply), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem),
-              (status = 422, body = Problem)),
+    responses((status = 200, body = StatusReply, description = "OK"), (status = 403, body = Problem, description = "wrong role or facility"),
+              (status = 404, body = Problem, description = "not found"), (status = 409, body = Problem, description = "conflicts with the current state"),
+              (status = 422, body = Problem, description = "validation failed: every bad field is listed")),
     security(("bearer" = []))
 )]
 #[post("/v1/prescriptions/{id}/dispense")]
@@ -1033,7 +1033,7 @@ pub async fn dispense(
 #[utoipa::path(
     get, path = "/v1/prescriptions/{id}/events", tag = "prescriptions",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventList), (status = 403, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = EventList, description = "OK"), (status = 403, body = Problem, description = "wrong role or facility"), (status = 404, body = Problem, description = "not found")),
     security(("bearer" = []))
 )]
 #[get("/v1/prescriptions/{id}/events")]
