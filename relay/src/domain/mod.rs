@@ -3,12 +3,15 @@
 
 pub mod check_digit;
 pub mod dispensing;
+pub mod document;
 pub mod errors;
 pub mod facility;
 pub mod identifiers;
+pub mod jahis;
 pub mod lifecycle;
 pub mod master;
 pub mod prescription;
+pub mod sj1;
 pub mod text;
 pub mod time;
 
