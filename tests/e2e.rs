@@ -130,6 +130,19 @@ async fn readme_walkthrough_across_processes() {
     ]);
     assert!(!out.status.success());
 
+    // Without a usable font the relay refuses to start, and says what to install.
+    let out = relay
+        .command(&["serve"])
+        .env("RELAY_DOCUMENTS__FONT_PATH", "/nonexistent/font.ttc")
+        .output()
+        .expect("run relay serve");
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("/nonexistent/font.ttc") && message.contains("fonts-noto-cjk"),
+        "{message}"
+    );
+
     let mut server = relay.serve();
     let base = relay.base_url();
 

@@ -124,7 +124,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = data_dir.unwrap_or_else(|| settings.master.data_dir.clone());
             let report = seed::demo(&pool, &dir).await?;
             println!(
-                "demo seeded: 4 facilities, {} staff, {} insured persons; master: {} drugs, {} ingredient rows, {} contraindication pairs",
+                "demo seeded: {} facilities, {} staff, {} insured persons; master: {} drugs, {} ingredient rows, {} contraindication pairs",
+                seed::demo_facilities().len(),
                 seed::DEMO_STAFF.len(),
                 seed::demo_insured().len(),
                 report.drugs,

@@ -26,6 +26,18 @@ pub struct Settings {
     pub master: MasterSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub documents: DocumentSettings,
+}
+
+/// Where the PDFs' Japanese font comes from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DocumentSettings {
+    /// A TrueType/OpenType font or collection; unset: fontconfig finds Noto Sans CJK JP or IPAex.
+    pub font_path: Option<PathBuf>,
+    /// The face inside a collection (`.ttc`), 0 for Noto Sans CJK JP.
+    pub font_index: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +188,7 @@ impl Settings {
             throttle: ThrottleSettings::default(),
             master: MasterSettings::default(),
             log: LogSettings::default(),
+            documents: DocumentSettings::default(),
         }
     }
 

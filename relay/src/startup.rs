@@ -12,6 +12,7 @@ use tracing_actix_web::TracingLogger;
 use crate::auth::{KeyOrigin, KeySet};
 use crate::config::Settings;
 use crate::db::{self, Pool};
+use crate::documents::fonts::Fonts;
 use crate::http::{self, AppState};
 use crate::telemetry::PrivacyRootSpan;
 
@@ -52,6 +53,11 @@ impl Application {
         listener: TcpListener,
         keys: KeySet,
     ) -> anyhow::Result<Self> {
+        let fonts = Fonts::discover(
+            settings.documents.font_path.as_deref(),
+            settings.documents.font_index,
+        )
+        .context("no font for the PDF documents")?;
         let pool = db::pool(&settings)?;
         if settings.database.migrate_on_start {
             let applied = db::migrate(&pool).await.with_context(|| {
@@ -69,6 +75,7 @@ impl Application {
             pool: pool.clone(),
             keys: keys.clone(),
             settings: Arc::new(settings),
+            fonts: Arc::new(fonts),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -77,6 +84,9 @@ impl Application {
                 .configure(http::configure)
         })
         .listen(listener)?
+        // Longer than actix's 5 s default: clients keep connections in their pools for a while,
+        // and a connection the server closed under them fails a request.
+        .keep_alive(std::time::Duration::from_secs(75))
         .shutdown_timeout(15)
         .run();
         tracing::info!(port, "relay listening");

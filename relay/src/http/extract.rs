@@ -96,6 +96,64 @@ impl FromRequest for Caller {
     }
 }
 
+/// A request body with its media type (lower-case, without parameters; `application/json` when
+/// the client sent none — curl `-d` users forget it). Read before the role check, parsed after.
+pub struct RawBody {
+    pub mime: String,
+    pub bytes: web::Bytes,
+}
+
+impl RawBody {
+    pub fn is_json(&self) -> bool {
+        self.mime == "application/json" || self.mime.ends_with("+json")
+    }
+
+    /// The body as JSON, or 415 when it was sent as something else.
+    pub fn json(&self) -> Result<JsonBytes, ApiError> {
+        if self.is_json() {
+            Ok(JsonBytes(self.bytes.clone()))
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!("send the body as application/json, not {}", self.mime),
+            ))
+        }
+    }
+}
+
+impl FromRequest for RawBody {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let mime = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "application/json".into());
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let bytes = bytes.await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BODY_NOT_READABLE",
+                    format!("the request body could not be read: {e}"),
+                )
+            })?;
+            Ok(RawBody { mime, bytes })
+        })
+    }
+}
+
 /// The raw bytes of a JSON body. Parsing waits for [`JsonBytes::parse`], so a handler checks the
 /// caller's role before it looks at the body: a wrong role is 403 whatever the body holds.
 pub struct JsonBytes(web::Bytes);
@@ -111,38 +169,8 @@ impl FromRequest for JsonBytes {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let content_type_ok = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                let mime = v
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                mime == "application/json" || mime.ends_with("+json")
-            })
-            .unwrap_or(true); // a missing Content-Type is read as JSON: curl -d users forget it
-        let bytes = web::Bytes::from_request(req, payload);
-        Box::pin(async move {
-            if !content_type_ok {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UNSUPPORTED_MEDIA_TYPE",
-                    "send the body as application/json",
-                ));
-            }
-            let bytes = bytes.await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "BODY_NOT_READABLE",
-                    format!("the request body could not be read: {e}"),
-                )
-            })?;
-            Ok(JsonBytes(bytes))
-        })
+        let raw = RawBody::from_request(req, payload);
+        Box::pin(async move { raw.await?.json() })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP boundary: routes, extractors and JSON shapes. The only module that knows status codes.
 
 pub mod admin;
+pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -42,6 +43,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(prescriptions::release)
     .service(prescriptions::dispense)
     .service(prescriptions::list_events)
+    .service(documents::sj1_csv)
+    .service(documents::copy_pdf)
+    .service(documents::paper_pdf)
     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()))
     .route(
         "/docs",

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, health, prescriptions};
+use super::{admin, documents, health, prescriptions};
 
 const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
 exclusively by 引換番号 plus the insurance identity.
@@ -49,11 +49,15 @@ error the key may be used again.
         prescriptions::release,
         prescriptions::dispense,
         prescriptions::list_events,
+        documents::sj1_csv,
+        documents::copy_pdf,
+        documents::paper_pdf,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "prescriptions", description = "clinic side"),
         (name = "dispensing", description = "pharmacy side"),
+        (name = "documents", description = "SJ1 CSV, the 控え and the paper prescription"),
         (name = "admin", description = "registries (role admin)"),
         (name = "operations", description = "health and keys"),
     )

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
-use super::extract::{Caller, IdempotencyKey, JsonBytes};
+use super::extract::{Caller, IdempotencyKey, JsonBytes, RawBody};
 use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
@@ -67,6 +67,39 @@ pub struct Registered {
     #[schema(value_type = String, format = Date)]
     pub valid_until: Date,
     pub check: CheckSummary,
+    /// Things the clinic should know, e.g. characters the JAHIS 2-D code (Shift_JIS) cannot carry
+    /// and prints as ■; the name itself is kept intact everywhere else.
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Warning {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Characters of `p` that the JAHIS 2-D code replaces by ■, as warnings.
+fn jahis_warnings(
+    institution: &crate::domain::facility::Facility,
+    p: &Prescription,
+) -> Vec<Warning> {
+    use crate::domain::{document::DocumentInput, jahis, sj1};
+    let doc = DocumentInput {
+        institution,
+        prescription: p,
+        exchange_number: None,
+    };
+    jahis::encode(&sj1::records(&doc))
+        .replaced
+        .iter()
+        .map(|r| Warning {
+            code: "JAHIS_CHARACTER_REPLACED",
+            message: format!(
+                "「{}」 (U+{:04X}, SJ1 record {}) cannot be written in Shift_JIS: the paper prescription's 2-D code shows ■ instead",
+                r.original, r.original as u32, r.record
+            ),
+        })
+        .collect()
 }
 
 /// A prescription as its issuer or its holder sees it.
@@ -328,7 +361,7 @@ fn is_holder(caller: &Caller, r: &Record) -> bool {
 }
 
 /// The prescription `raw_id`, if the caller is its issuer or its holder.
-async fn visible_to(
+pub async fn visible_to(
     c: &impl GenericClient,
     caller: &Caller,
     raw_id: &str,
@@ -379,11 +412,72 @@ fn identity_of(k: &InsuredKey, prefix: &str, e: &mut FieldErrors) -> Option<Insu
 // Handlers
 // ---------------------------------------------------------------------------------------------
 
-/// Register a prescription and issue its 引換番号.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+pub struct RegisterQuery {
+    /// Required with an SJ1 (`text/csv`) body: `electronic` or `paper_with_exchange_number`.
+    pub issue_type: Option<String>,
+}
+
+/// An SJ1 CSV body as a draft, validated later exactly like the JSON form. Its record 1 must be
+/// the caller's own institution; a 引換番号 in record 82 is ignored (the relay issues its own).
+fn draft_from_sj1(
+    caller: &Caller,
+    issue_type: Option<&str>,
+    bytes: &[u8],
+) -> Result<(crate::domain::sj1::Parsed, Vec<u8>), ApiError> {
+    let issue_type = issue_type.and_then(IssueType::parse).ok_or_else(|| {
+        ApiError::field(
+            "issue_type",
+            "REQUIRED",
+            "an SJ1 body needs ?issue_type=electronic or ?issue_type=paper_with_exchange_number",
+        )
+    })?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::field(
+            "sj1",
+            "ENCODING",
+            format!(
+                "SJ1 is UTF-8; the body is not (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let parsed = crate::domain::sj1::parse(text, issue_type).map_err(|errors| {
+        ApiError::validation(
+            errors
+                .into_iter()
+                .map(|e| FieldError {
+                    field: e.field_path(),
+                    code: e.code,
+                    message: e.message,
+                })
+                .collect(),
+        )
+    })?;
+    if parsed.institution_code != caller.facility {
+        return Err(ApiError::field(
+            "sj1 record 1",
+            "INSTITUTION_MISMATCH",
+            format!(
+                "record 1 names institution {}, but the caller is {}",
+                parsed.institution_code, caller.facility
+            ),
+        ));
+    }
+    let mut canonical = format!("sj1:{}:", issue_type.as_str()).into_bytes();
+    canonical.extend_from_slice(bytes);
+    Ok((parsed, canonical))
+}
+
+/// Register a prescription and issue its 引換番号. The body is the JSON form, or an SJ1 CSV
+/// document (`Content-Type: text/csv`, with `?issue_type=`).
 #[utoipa::path(
     post, path = "/v1/prescriptions", tag = "prescriptions",
-    request_body = PrescriptionDraft,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, e.g. a UUID")),
+    request_body(content(
+        (PrescriptionDraft = "application/json"),
+        (String = "text/csv"),
+    )),
+    params(RegisterQuery, ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, e.g. a UUID")),
     responses(
         (status = 201, body = Registered, description = "created"),
         (status = 400, body = Problem, description = "MALFORMED_JSON: fix the body; do not retry as is"),
@@ -399,25 +493,45 @@ pub async fn register(
     req: HttpRequest,
     caller: Caller,
     key: IdempotencyKey,
-    body: JsonBytes,
+    query: web::Query<RegisterQuery>,
+    body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Doctor])?;
-    let body = body.parse::<PrescriptionDraft>()?;
-    let draft = body.value;
-    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
-        own_facility(tx, &caller, FacilityKind::Clinic).await?;
+    let (draft, canonical, sj1) = if body.mime == "text/csv" {
+        let (parsed, canonical) =
+            draft_from_sj1(&caller, query.issue_type.as_deref(), &body.bytes)?;
+        (parsed.draft.clone(), canonical, Some(parsed))
+    } else {
+        let body = body.json()?.parse::<PrescriptionDraft>()?;
+        (body.value, body.canonical, None)
+    };
+    // Errors of an SJ1 registration also name the line and record the field came from.
+    let located = |errors: Vec<FieldError>| match &sj1 {
+        None => errors,
+        Some(parsed) => errors
+            .into_iter()
+            .map(|mut e| {
+                if let Some((line, record)) = parsed.locate(&e.field) {
+                    e.field = format!("{} (sj1 line {line}, record {record})", e.field);
+                }
+                e
+            })
+            .collect(),
+    };
+    idempotent(&state, &req, &caller, &key, &canonical, async |tx| {
+        let institution = own_facility(tx, &caller, FacilityKind::Clinic).await?;
         let mut prescription = match draft.validate(today()) {
             Ok(p) => p,
             Err(mut errors) => {
                 // Report unknown codes of well-formed lines together with the other errors.
                 let refs = draft.drug_refs();
                 errors.extend(unknown_drug_codes(tx, &refs).await?);
-                return Err(ApiError::validation(errors));
+                return Err(ApiError::validation(located(errors)));
             }
         };
         let unknown = unknown_drug_codes(tx, &prescription.drug_refs()).await?;
         if !unknown.is_empty() {
-            return Err(ApiError::validation(unknown));
+            return Err(ApiError::validation(located(unknown)));
         }
         if prescription.doctor.is_none()
             && let Some((name, name_kana)) =
@@ -458,6 +572,7 @@ pub async fn register(
                         issue_type: record.issue_type,
                         valid_until: record.validity.valid_until,
                         check: CHECK_NOT_RUN,
+                        warnings: jahis_warnings(&institution, &prescription),
                     },
                 );
             }

@@ -173,6 +173,8 @@ impl TestApp {
             keys,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // Below the server's keep-alive, so a pooled connection is never one it closed.
+                .pool_idle_timeout(Duration::from_secs(20))
                 .build()
                 .expect("client"),
             handle,

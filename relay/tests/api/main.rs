@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod documents;
 mod health;
 mod helpers;
 mod idempotency;

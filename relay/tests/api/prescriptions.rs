@@ -28,6 +28,11 @@ async fn registration_issues_a_six_digit_exchange_number() {
     assert_eq!(r["valid_until"], expected);
     // A check that did not run never claims to be clear.
     assert_eq!(r["check"]["outcome"], "unavailable");
+    assert_eq!(
+        r["warnings"],
+        serde_json::json!([]),
+        "every character fits Shift_JIS"
+    );
     // Stored as text with its leading zeros, and the event is written.
     let id = r["prescription_id"].as_str().unwrap();
     let stored: String = app
