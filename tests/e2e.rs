@@ -220,3 +220,143 @@ async fn readme_walkthrough_across_processes() {
         );
     }
 }
+
+/// The card path across processes: a マイナ保険証 read at one pharmacy lists the patient's
+/// prescriptions from two clinics and receives one; a second pharmacy then sees it held.
+#[tokio::test(flavor = "multi_thread")]
+async fn card_path_across_processes() {
+    let relay = Relay::new("cardpath");
+    for args in [&["migrate"][..], &["seed", "demo"][..]] {
+        let out = relay.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let token = |facility: &str, role: &str, staff: &str| {
+        let out = relay.run(&[
+            "token",
+            "--facility",
+            facility,
+            "--role",
+            role,
+            "--staff",
+            staff,
+        ]);
+        assert!(out.status.success(), "token: {}", stderr(&out));
+        stdout(&out)
+    };
+    let doctor_1 = token("9918000010", "doctor", "doctor-1");
+    let doctor_2 = token("9918000028", "doctor", "doctor-2");
+    let clerk_1 = token("9948000014", "pharmacy_clerk", "pharmacy-clerk-1");
+    let pharmacist_2 = token("9948000022", "pharmacist", "pharmacist-2");
+
+    let mut server = relay.serve();
+    let base = relay.base_url();
+    let today = relay::domain::time::today().to_string();
+    let prescription = |drug: (&str, &str)| {
+        json!({
+            "issue_type": "electronic",
+            "patient": {"name": "髙橋　𠮷子", "name_kana": "ﾀｶﾊｼ ﾖｼｺ", "sex": "female", "birth_date": "1975-07-07"},
+            "insurance": {"insurer_number": "01130012", "symbol": "1234", "number": "5678",
+                          "relationship": "insured", "branch": "01", "copay_rate": 30},
+            "issued_on": today,
+            "rps": [{"dosage_form": "oral", "quantity": 7, "usage": {"text": "1日1回朝食後", "times_per_day": 1},
+                     "drugs": [{"code_system": "yj", "code": drug.0, "name": drug.1, "dose": 1, "unit": "錠"}]}]
+        })
+    };
+    let (status, first) = post(
+        &base,
+        "/v1/prescriptions",
+        &doctor_1,
+        &prescription(("1124001F1022", "ユーロジン１ｍｇ錠")),
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = post(
+        &base,
+        "/v1/prescriptions",
+        &doctor_2,
+        &prescription(("2325003F1024", "ガスター錠１０ｍｇ")),
+    )
+    .await;
+    assert_eq!(status, 201, "{second}");
+    let wanted = second["prescription_id"].as_str().unwrap().to_string();
+
+    // The card reader at 検証用薬局: face recognition, consent to share medication.
+    let card = json!({"card_id": "CARD-0002", "auth": "face", "consent": {"medication": true}});
+    let (status, q) = post(&base, "/v1/qualifications/card", &clerk_1, &card).await;
+    assert_eq!(status, 201, "{q}");
+    assert_eq!(q["claim_basis"], "current");
+    let qid = q["qualification_id"].as_str().unwrap().to_string();
+    let (status, list) = get(
+        &base,
+        &format!("/v1/qualifications/{qid}/prescriptions"),
+        &clerk_1,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let items = list["prescriptions"].as_array().unwrap();
+    let mut issuers: Vec<&str> = items
+        .iter()
+        .map(|p| p["issuer"]["code"].as_str().unwrap())
+        .collect();
+    issuers.sort();
+    assert_eq!(issuers, ["9918000010", "9918000028"], "{list}");
+    let (status, got) = post(
+        &base,
+        &format!("/v1/prescriptions/{wanted}/receive"),
+        &clerk_1,
+        &json!({"qualification_id": qid}),
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["holder"]["code"], "9948000014");
+    assert_eq!(got["qualification"]["claim"]["insurer_number"], "01130012");
+
+    // The same card at the second pharmacy: the prescription shows as held by the first.
+    let (status, q2) = post(&base, "/v1/qualifications/card", &pharmacist_2, &card).await;
+    assert_eq!(status, 201, "{q2}");
+    let q2id = q2["qualification_id"].as_str().unwrap().to_string();
+    let (_, list) = get(
+        &base,
+        &format!("/v1/qualifications/{q2id}/prescriptions"),
+        &pharmacist_2,
+    )
+    .await;
+    let held = list["prescriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["prescription_id"] == wanted.as_str())
+        .expect("still listed")
+        .clone();
+    assert_eq!(held["status"], "dispensing");
+    assert_eq!(held["holder"]["name"], "検証用薬局");
+    assert_eq!(held["receivable"], false);
+    let (status, refused) = post(
+        &base,
+        &format!("/v1/prescriptions/{wanted}/receive"),
+        &pharmacist_2,
+        &json!({"qualification_id": q2id}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], "HELD_BY_ANOTHER_PHARMACY");
+    // The other one is still receivable there.
+    let other = list["prescriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["prescription_id"] != wanted.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(other["receivable"], true);
+
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut server, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("relay exits after SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}");
+    let log = relay.log();
+    for secret in ["髙橋", "01130012", "CARD-0002"] {
+        assert!(!log.contains(secret), "the log mentions {secret}:\n{log}");
+    }
+}

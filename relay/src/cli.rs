@@ -1,4 +1,5 @@
-//! The `relay` command line: `serve`, `migrate`, `seed demo`, `token`, `master import`.
+//! The `relay` command line: `serve`, `migrate`, `seed demo`, `token`, `master import`,
+//! `insured import`.
 
 use std::path::PathBuf;
 
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::auth::{Role, parse_ttl};
 use crate::config::Settings;
 use crate::domain::identifiers::FacilityCode;
+use crate::registry_import::{self, ImportError};
 use crate::seed::{self, MasterFiles};
 use crate::startup::{self, Application};
 use crate::{db, telemetry};
@@ -64,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         what: MasterCommand,
     },
+    /// The eligibility registry (insured persons and their coverages).
+    Insured {
+        #[command(subcommand)]
+        what: InsuredCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +99,30 @@ pub enum MasterCommand {
         /// レセ電 医薬品マスター y.csv (Shift_JIS, no header, official column order).
         #[arg(long)]
         receipt: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InsuredCommand {
+    /// Add the coverages of a CSV file in one transaction: all rows or none.
+    ///
+    /// Example: relay insured import registry.csv
+    ///
+    /// The header names the columns, in any order: insurer_number, symbol, number, branch, name,
+    /// name_kana, sex, birth_date, valid_from, valid_until, card_id, certificate_expires_on,
+    /// documents, person_ref, address. Required: insurer_number, number, branch, name, sex,
+    /// birth_date, valid_from. sex is male/female, 1/2 or 男/女; dates are YYYY-MM-DD or
+    /// YYYY/MM/DD; documents is a `;`-separated list of qualification_certificate and
+    /// eligibility_notice; card_id and certificate_expires_on go together. The file is UTF-8
+    /// (with or without BOM) or Shift_JIS as Excel saves it. Every error is reported with its line
+    /// and nothing is written unless every row is good; rows already registered are counted as
+    /// already present, so importing the same file again changes nothing.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// Check the file and report what would be added, then roll back.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -127,7 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "demo seeded: {} facilities, {} staff, {} insured persons; master: {} drugs, {} ingredient rows, {} contraindication pairs",
                 seed::demo_facilities().len(),
                 seed::DEMO_STAFF.len(),
-                seed::demo_insured().len(),
+                seed::demo_insured(crate::domain::time::today()).len(),
                 report.drugs,
                 report.ingredients,
                 report.contraindications
@@ -177,6 +208,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Insured {
+            what: InsuredCommand::Import { file, dry_run },
+        } => import_insured(&settings, &file, dry_run).await?,
     }
+    Ok(())
+}
+
+/// `relay insured import`: every row is checked before the database is touched.
+async fn import_insured(
+    settings: &Settings,
+    file: &std::path::Path,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let shown = file.display();
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {shown}"))?;
+    let registry = match registry_import::parse(&bytes, crate::domain::time::today()) {
+        Ok(r) => r,
+        Err(rejected) => {
+            for e in &rejected.errors {
+                eprintln!("{e}");
+            }
+            let encoding = rejected
+                .encoding
+                .map(|e| format!(" (read as {e})"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{shown}{encoding}: {} error(s); nothing was imported",
+                rejected.errors.len()
+            );
+        }
+    };
+    let pool = db::pool(settings)?;
+    if !dry_run {
+        db::migrate(&pool).await?;
+    }
+    let report = match registry_import::import(&pool, &registry.rows, dry_run).await {
+        Ok(r) => r,
+        Err(ImportError::Conflicts(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            anyhow::bail!(
+                "{shown}: {} row(s) conflict with the registry; nothing was imported",
+                errors.len()
+            );
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("{shown}: nothing was imported")));
+        }
+    };
+    if dry_run {
+        println!("dry run of {shown}: checked against the registry, nothing was written");
+    } else {
+        println!("imported {shown}");
+    }
+    println!("encoding:         {}", registry.encoding);
+    println!("rows read:        {}", report.rows);
+    println!("coverages added:  {}", report.added);
+    println!("already present:  {}", report.already_present);
+    println!("persons created:  {}", report.persons_created);
+    println!(
+        "persons linked:   {} (coverages joining a person of an earlier line: {}, \
+         a person already registered: {})",
+        report.linked_in_file + report.linked_existing,
+        report.linked_in_file,
+        report.linked_existing
+    );
     Ok(())
 }

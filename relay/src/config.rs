@@ -28,6 +28,41 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub documents: DocumentSettings,
+    #[serde(default)]
+    pub eligibility: EligibilitySettings,
+}
+
+/// 資格確認 rules an operator may need to change when MHLW moves a date.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct EligibilitySettings {
+    /// A qualification can be used (listing, receiving) for this many hours after it was made.
+    pub qualification_ttl_hours: i64,
+    /// After the card's electronic certificate expires, it still confirms eligibility (without
+    /// sharing medical information) for this many months.
+    pub certificate_grace_months: i32,
+    /// Expired 健康保険証 or 資格情報のお知らせ alone are accepted through this date.
+    pub legacy_card_until: jiff::civil::Date,
+}
+
+impl Default for EligibilitySettings {
+    fn default() -> Self {
+        let rules = crate::domain::eligibility::Rules::default();
+        Self {
+            qualification_ttl_hours: 24,
+            certificate_grace_months: rules.certificate_grace_months,
+            legacy_card_until: rules.legacy_card_until,
+        }
+    }
+}
+
+impl EligibilitySettings {
+    pub fn rules(&self) -> crate::domain::eligibility::Rules {
+        crate::domain::eligibility::Rules {
+            certificate_grace_months: self.certificate_grace_months,
+            legacy_card_until: self.legacy_card_until,
+        }
+    }
 }
 
 /// Where the PDFs' Japanese font comes from.
@@ -189,6 +224,7 @@ impl Settings {
             master: MasterSettings::default(),
             log: LogSettings::default(),
             documents: DocumentSettings::default(),
+            eligibility: EligibilitySettings::default(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod db;
 pub mod documents;
 pub mod domain;
 pub mod http;
+pub mod registry_import;
 pub mod seed;
 pub mod startup;
 pub mod telemetry;

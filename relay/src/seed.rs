@@ -4,12 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use jiff::civil::date;
+use jiff::ToSpan;
+use jiff::civil::{Date, date};
 
 use crate::db::{self, Pool, facilities, insured, master, staff};
 use crate::domain::facility::{CardDraft, Facility, HeldDocument, InsuredPerson};
 use crate::domain::identifiers::{
     Branch, FacilityCode, FacilityKind, InsuredNumber, InsuredSymbol, InsurerNumber,
+    MunicipalityCode,
 };
 use crate::domain::master as parse;
 use crate::domain::prescription::Sex;
@@ -101,6 +103,9 @@ pub fn demo_facilities() -> Vec<Facility> {
         email: email.into(),
         fax_email: fax.map(Into::into),
         accepts_e_prescriptions: true,
+        // 99 is the test prefecture; 991007 is a made-up municipality there (valid check digit).
+        municipality_code: matches!(c, "9918000010" | "9948000014")
+            .then(|| MunicipalityCode::parse("991007").expect("demo municipality")),
     };
     vec![
         f(
@@ -175,8 +180,10 @@ pub const DEMO_STAFF: &[(&str, &str, &str, &str, &str)] = &[
     ),
 ];
 
-/// Demo insured persons, including the public test patient and names outside JIS X 0208.
-pub fn demo_insured() -> Vec<InsuredPerson> {
+/// Demo insured persons, including the public test patient and names outside JIS X 0208, plus
+/// one person for each card-path situation: an insurance change (two coverages), no current
+/// coverage (資格無効), a certificate in its 3-month grace and one past it.
+pub fn demo_insured(today: Date) -> Vec<InsuredPerson> {
     let p = |insurer: &str,
              symbol: &str,
              number: &str,
@@ -184,7 +191,7 @@ pub fn demo_insured() -> Vec<InsuredPerson> {
              kana: &str,
              sex,
              birth,
-             card: Option<&str>| InsuredPerson {
+             card: Option<(&str, Date)>| InsuredPerson {
         insurer_number: InsurerNumber::parse(insurer).expect("demo insurer number"),
         symbol: InsuredSymbol::parse(symbol).expect("demo symbol"),
         number: InsuredNumber::parse(number).expect("demo number"),
@@ -195,12 +202,62 @@ pub fn demo_insured() -> Vec<InsuredPerson> {
         birth_date: birth,
         valid_from: date(2024, 4, 1),
         valid_until: None,
-        card: card.map(|id| CardDraft {
+        card: card.map(|(id, expires)| CardDraft {
             card_id: id.into(),
-            certificate_expires_on: date(2030, 3, 31),
+            certificate_expires_on: expires,
         }),
         documents: vec![HeldDocument::EligibilityNotice],
+        person_ref: None,
+        address: Some("東京都千代田区霞が関1-2-2".into()),
     };
+    let far = date(2030, 3, 31);
+    let days_ago = |n: i64| today.checked_sub(n.days()).unwrap_or(today);
+    let mut changed_old = p(
+        "01130012",
+        "5555",
+        "0001",
+        "佐藤　花子",
+        "ｻﾄｳ ﾊﾅｺ",
+        Sex::Female,
+        date(1988, 5, 5),
+        Some(("CARD-0004", far)),
+    );
+    changed_old.valid_until = Some(date(2026, 3, 31));
+    changed_old.person_ref = Some("DEMO-P-0004".into());
+    let mut changed_new = p(
+        "01270016",
+        "7777",
+        "0002",
+        "佐藤　花子",
+        "ｻﾄｳ ﾊﾅｺ",
+        Sex::Female,
+        date(1988, 5, 5),
+        Some(("CARD-0004", far)),
+    );
+    changed_new.valid_from = date(2026, 4, 1);
+    changed_new.person_ref = Some("DEMO-P-0004".into());
+    let mut lapsed = p(
+        "01130012",
+        "6666",
+        "0003",
+        "鈴木　一郎",
+        "ｽｽﾞｷ ｲﾁﾛｳ",
+        Sex::Male,
+        date(1970, 10, 10),
+        Some(("CARD-0005", far)),
+    );
+    lapsed.valid_until = Some(date(2026, 9, 30));
+    let mut expired = p(
+        "01130012",
+        "8888",
+        "0005",
+        "伊藤　健",
+        "ｲﾄｳ ｹﾝ",
+        Sex::Male,
+        date(1960, 1, 15),
+        Some(("CARD-0007", days_ago(120))),
+    );
+    expired.documents = vec![HeldDocument::QualificationCertificate];
     vec![
         p(
             "31130842",
@@ -210,7 +267,7 @@ pub fn demo_insured() -> Vec<InsuredPerson> {
             "ﾃﾞﾝｼｮ ﾕｳｺｳｺﾞﾆ",
             Sex::Female,
             date(2011, 1, 1),
-            Some("CARD-0001"),
+            Some(("CARD-0001", far)),
         ),
         p(
             "01130012",
@@ -220,7 +277,7 @@ pub fn demo_insured() -> Vec<InsuredPerson> {
             "ﾀｶﾊｼ ﾖｼｺ",
             Sex::Female,
             date(1975, 7, 7),
-            Some("CARD-0002"),
+            Some(("CARD-0002", far)),
         ),
         p(
             "39131156",
@@ -232,6 +289,20 @@ pub fn demo_insured() -> Vec<InsuredPerson> {
             date(1940, 2, 29),
             None,
         ),
+        changed_old,
+        changed_new,
+        lapsed,
+        p(
+            "01130012",
+            "7777",
+            "0004",
+            "田中　美咲",
+            "ﾀﾅｶ ﾐｻｷ",
+            Sex::Female,
+            date(1995, 12, 1),
+            Some(("CARD-0006", days_ago(30))),
+        ),
+        expired,
     ]
 }
 
@@ -250,11 +321,13 @@ pub async fn demo(pool: &Pool, data_dir: &Path) -> anyhow::Result<master::Import
                 role,
                 name,
                 name_kana: Some(kana),
+                // The pharmacist of the first pharmacy has a 目視確認用パスコード.
+                visual_check_enabled: *id == "pharmacist-1",
             },
         )
         .await?;
     }
-    for person in demo_insured() {
+    for person in demo_insured(crate::domain::time::today()) {
         insured::insert(&client, &person).await?;
     }
     drop(client);

@@ -2,9 +2,9 @@
 
 use super::{DbError, GenericClient};
 use crate::domain::facility::Facility;
-use crate::domain::identifiers::{FacilityCode, FacilityKind};
+use crate::domain::identifiers::{FacilityCode, FacilityKind, MunicipalityCode};
 
-const COLUMNS: &str = "code, kind, name, address, phone, email, fax_email, accepts_e_prescriptions";
+const COLUMNS: &str = "code, kind, name, address, phone, email, fax_email, accepts_e_prescriptions, municipality_code";
 
 fn from_row(row: &tokio_postgres::Row) -> Facility {
     let code: String = row.get(0);
@@ -24,6 +24,9 @@ fn from_row(row: &tokio_postgres::Row) -> Facility {
         email: row.get(5),
         fax_email: row.get(6),
         accepts_e_prescriptions: row.get(7),
+        municipality_code: row
+            .get::<_, Option<String>>(8)
+            .and_then(|m| MunicipalityCode::parse(&m).ok()),
     }
 }
 
@@ -39,7 +42,8 @@ pub async fn upsert(c: &impl GenericClient, f: &Facility) -> Result<(), DbError>
         f,
         "DO UPDATE SET kind = EXCLUDED.kind, name = EXCLUDED.name, address = EXCLUDED.address,
              phone = EXCLUDED.phone, email = EXCLUDED.email, fax_email = EXCLUDED.fax_email,
-             accepts_e_prescriptions = EXCLUDED.accepts_e_prescriptions, updated_at = now()",
+             accepts_e_prescriptions = EXCLUDED.accepts_e_prescriptions,
+             municipality_code = EXCLUDED.municipality_code, updated_at = now()",
     )
     .await?;
     Ok(())
@@ -48,7 +52,7 @@ pub async fn upsert(c: &impl GenericClient, f: &Facility) -> Result<(), DbError>
 async fn write(c: &impl GenericClient, f: &Facility, on_conflict: &str) -> Result<u64, DbError> {
     let stmt = c
         .prepare_cached(&format!(
-            "INSERT INTO facilities ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO facilities ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (code) {on_conflict}"
         ))
         .await?;
@@ -63,6 +67,7 @@ async fn write(c: &impl GenericClient, f: &Facility, on_conflict: &str) -> Resul
             &f.email,
             &f.fax_email,
             &f.accepts_e_prescriptions,
+            &f.municipality_code.as_ref().map(MunicipalityCode::as_str),
         ],
     )
     .await?)

@@ -2,12 +2,14 @@
 //! itself lives in `sql/`). Functions take a [`GenericClient`] so the caller decides the
 //! transaction; statements are prepared once per connection (`prepare_cached`).
 
+pub mod disasters;
 pub mod events;
 pub mod facilities;
 pub mod idempotency;
 pub mod insured;
 pub mod master;
 pub mod prescriptions;
+pub mod qualifications;
 pub mod staff;
 pub mod throttle;
 
@@ -18,6 +20,46 @@ use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runt
 use tokio_postgres::NoTls;
 
 use crate::config::Settings;
+use crate::domain::identifiers::InsuranceIdentity;
+
+/// Insurance identities as four parallel text arrays, for
+/// `(insurer_number, symbol, number, branch) IN (SELECT * FROM unnest($a, $b, $c, $d))`.
+pub struct IdentityArrays {
+    pub insurers: Vec<String>,
+    pub symbols: Vec<String>,
+    pub numbers: Vec<String>,
+    pub branches: Vec<String>,
+}
+
+impl IdentityArrays {
+    pub fn new<'a>(identities: impl IntoIterator<Item = &'a InsuranceIdentity>) -> Self {
+        let mut a = IdentityArrays {
+            insurers: Vec::new(),
+            symbols: Vec::new(),
+            numbers: Vec::new(),
+            branches: Vec::new(),
+        };
+        for i in identities {
+            a.insurers.push(i.insurer_number.to_string());
+            a.symbols.push(i.symbol.to_string());
+            a.numbers.push(i.number.to_string());
+            a.branches.push(i.branch.to_string());
+        }
+        a
+    }
+}
+
+/// The SQL predicate matching any identity of an [`IdentityArrays`] bound at `$n`…`$n+3`.
+pub fn identity_in(first_param: usize) -> String {
+    let n = first_param;
+    format!(
+        "(insurer_number, symbol, number, branch) IN
+           (SELECT * FROM unnest(${n}::text[], ${}::text[], ${}::text[], ${}::text[]))",
+        n + 1,
+        n + 2,
+        n + 3
+    )
+}
 
 /// What the HTTP layer needs to know about a database failure: whether the database was
 /// unreachable (answer 503, retry later) or a statement failed (a bug: answer 500 and log).

@@ -7,8 +7,9 @@ use jiff::civil::Date;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, GenericClient};
+use super::{DbError, GenericClient, IdentityArrays, identity_in};
 use crate::domain::dispensing::Dispensing;
+use crate::domain::eligibility::Claim;
 use crate::domain::identifiers::{ExchangeNumber, FacilityCode, InsuranceIdentity};
 use crate::domain::lifecycle::{IssueType, Status, Validity};
 use crate::domain::prescription::Prescription;
@@ -34,11 +35,14 @@ pub struct Record {
     pub has_important_note: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The qualification the current holder received it with.
+    pub qualification_id: Option<Uuid>,
 }
 
 const COLUMNS: &str = "id, issuer_code, issued_by, issue_type, status, exchange_number, issued_on,
     refill_count, valid_until, uses_dispensed, next_refill_date, document, holder_code, held_since,
-    cancellation_pending, cancellation_reason, cancelled_at, has_important_note, created_at, updated_at";
+    cancellation_pending, cancellation_reason, cancelled_at, has_important_note, created_at, updated_at,
+    qualification_id";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
     let issue_type: String = row.get(3);
@@ -73,6 +77,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
         has_important_note: row.get(17),
         created_at: row.get(18),
         updated_at: row.get(19),
+        qualification_id: row.get(20),
     })
 }
 
@@ -212,6 +217,12 @@ fn number_params<'a>(
     ]
 }
 
+/// A registered prescription's use is receivable on `$8` (the first use through 使用期限, a later
+/// refill use within 7 days of its planned date): the SQL twin of `Validity::window`.
+const RECEIVABLE_ON_8: &str =
+    "CASE WHEN uses_dispensed = 0 OR next_refill_date IS NULL THEN $8 <= valid_until
+    ELSE $8 BETWEEN next_refill_date - 7 AND next_refill_date + 7 END";
+
 /// The receive by 引換番号: one statement that moves a receivable prescription matching the number
 /// and the whole insurance identity (and the birth date when given) to `dispensing`, held by
 /// `pharmacy`. `None` when nothing receivable matched.
@@ -222,21 +233,23 @@ pub async fn receive_by_number(
     birth_date: Option<Date>,
     pharmacy: &str,
     today: Date,
+    qualification_id: Option<Uuid>,
 ) -> Result<Option<Record>, DbError> {
     let stmt = c
         .prepare_cached(&format!(
             "UPDATE prescriptions
-                SET status = 'dispensing', holder_code = $7, held_since = now(), updated_at = now()
+                SET status = 'dispensing', holder_code = $7, held_since = now(), updated_at = now(),
+                    qualification_id = $9
               WHERE {MATCHES_NUMBER}
                 AND status = 'registered'
-                AND CASE WHEN uses_dispensed = 0 OR next_refill_date IS NULL THEN $8 <= valid_until
-                         ELSE $8 BETWEEN next_refill_date - 7 AND next_refill_date + 7 END
+                AND {RECEIVABLE_ON_8}
              RETURNING {COLUMNS}"
         ))
         .await?;
     let mut params = number_params(number, identity, &birth_date);
     params.push(&pharmacy);
     params.push(&today);
+    params.push(&qualification_id);
     let row = c.query_opt(&stmt, &params).await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -278,7 +291,8 @@ pub async fn set_cancelled(c: &impl GenericClient, id: Uuid, reason: &str) -> Re
         .prepare_cached(
             "UPDATE prescriptions
                 SET status = 'cancelled', cancellation_pending = false, cancellation_reason = $2,
-                    cancelled_at = now(), holder_code = NULL, held_since = NULL, updated_at = now()
+                    cancelled_at = now(), holder_code = NULL, held_since = NULL,
+                    qualification_id = NULL, updated_at = now()
               WHERE id = $1",
         )
         .await?;
@@ -307,7 +321,8 @@ pub async fn set_released(c: &impl GenericClient, id: Uuid) -> Result<(), DbErro
     let stmt = c
         .prepare_cached(
             "UPDATE prescriptions
-                SET status = 'registered', holder_code = NULL, held_since = NULL, updated_at = now()
+                SET status = 'registered', holder_code = NULL, held_since = NULL,
+                    qualification_id = NULL, updated_at = now()
               WHERE id = $1 AND status = 'dispensing'",
         )
         .await?;
@@ -325,6 +340,7 @@ pub async fn record_dispensing(
     pharmacist: &str,
     d: &Dispensing,
     next_status: Status,
+    claim: Option<&Claim>,
 ) -> Result<i16, DbError> {
     let use_number = record.validity.uses_dispensed + 1;
     let items = serde_json::to_value(&d.items).map_err(|e| DbError::Corrupt(e.to_string()))?;
@@ -334,11 +350,16 @@ pub async fn record_dispensing(
         .map(serde_json::to_value)
         .transpose()
         .map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let claim = claim
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| DbError::Corrupt(e.to_string()))?;
     let insert = c
         .prepare_cached(
             "INSERT INTO dispensings (prescription_id, use_number, pharmacy_code, pharmacist,
-                 dispensed_on, items, inquiry, important_note, next_refill_date)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 dispensed_on, items, inquiry, important_note, next_refill_date, qualification_id,
+                 claim)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await?;
     c.execute(
@@ -353,6 +374,8 @@ pub async fn record_dispensing(
             &inquiry,
             &d.important_note,
             &d.next_refill_date,
+            &record.qualification_id,
+            &claim,
         ],
     )
     .await?;
@@ -362,6 +385,7 @@ pub async fn record_dispensing(
                 SET status = $2, uses_dispensed = $3, next_refill_date = $4,
                     holder_code = CASE WHEN $2 = 'dispensed' THEN holder_code END,
                     held_since = CASE WHEN $2 = 'dispensed' THEN held_since END,
+                    qualification_id = CASE WHEN $2 = 'dispensed' THEN qualification_id END,
                     cancellation_pending = false,
                     cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() END,
                     has_important_note = has_important_note OR $5,
@@ -393,6 +417,10 @@ pub struct DispensingRecord {
     pub dispensing: Dispensing,
     #[schema(value_type = String, format = DateTime)]
     pub recorded_at: Timestamp,
+    /// The claim basis and numbers of the qualification it was dispensed under; shown to the
+    /// dispensing pharmacy only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
 }
 
 pub async fn dispensings(
@@ -402,7 +430,7 @@ pub async fn dispensings(
     let stmt = c
         .prepare_cached(
             "SELECT use_number, pharmacy_code, pharmacist, dispensed_on, items, inquiry,
-                    important_note, next_refill_date, recorded_at
+                    important_note, next_refill_date, recorded_at, claim
                FROM dispensings WHERE prescription_id = $1 ORDER BY use_number",
         )
         .await?;
@@ -428,7 +456,122 @@ pub async fn dispensings(
                     next_refill_date: r.get(7),
                 },
                 recorded_at: r.get(8),
+                claim: r
+                    .get::<_, Option<serde_json::Value>>(9)
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(corrupt)?,
             })
         })
         .collect()
+}
+
+/// The patient's outstanding prescriptions at every clinic (the card path): registered or held,
+/// under any of the person's insurance identities and their birth date, newest first.
+pub async fn outstanding_for(
+    c: &impl GenericClient,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+) -> Result<Vec<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions
+              WHERE {} AND birth_date = $5 AND status IN ('registered', 'dispensing')
+              ORDER BY issued_on DESC, created_at DESC LIMIT 200",
+            identity_in(1)
+        ))
+        .await?;
+    let a = IdentityArrays::new(identities);
+    c.query(
+        &stmt,
+        &[
+            &a.insurers,
+            &a.symbols,
+            &a.numbers,
+            &a.branches,
+            &birth_date,
+        ],
+    )
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// The card-path receive: one statement that moves prescription `id` to `dispensing` for
+/// `pharmacy` if it is receivable today and belongs to one of the identities and the birth date.
+pub async fn receive_by_id(
+    c: &impl GenericClient,
+    id: Uuid,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+    pharmacy: &str,
+    today: Date,
+    qualification_id: Uuid,
+) -> Result<Option<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE prescriptions
+                SET status = 'dispensing', holder_code = $7, held_since = now(), updated_at = now(),
+                    qualification_id = $9
+              WHERE id = $6 AND {} AND birth_date = $5
+                AND status = 'registered'
+                AND {RECEIVABLE_ON_8}
+             RETURNING {COLUMNS}",
+            identity_in(1)
+        ))
+        .await?;
+    let a = IdentityArrays::new(identities);
+    let row = c
+        .query_opt(
+            &stmt,
+            &[
+                &a.insurers,
+                &a.symbols,
+                &a.numbers,
+                &a.branches,
+                &birth_date,
+                &id,
+                &pharmacy,
+                &today,
+                &qualification_id,
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Whether `facility` issued, held or dispensed a prescription for one of the identities with
+/// this birth date: a returning patient (再診) for the verbal confirmation.
+pub async fn seen_at(
+    c: &impl GenericClient,
+    facility: &str,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+) -> Result<bool, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT EXISTS (
+                SELECT 1 FROM prescriptions p
+                 WHERE {} AND p.birth_date = $5
+                   AND (p.issuer_code = $6 OR p.holder_code = $6
+                        OR EXISTS (SELECT 1 FROM dispensings d
+                                    WHERE d.prescription_id = p.id AND d.pharmacy_code = $6)))",
+            identity_in(1)
+        ))
+        .await?;
+    let a = IdentityArrays::new(identities);
+    Ok(c.query_one(
+        &stmt,
+        &[
+            &a.insurers,
+            &a.symbols,
+            &a.numbers,
+            &a.branches,
+            &birth_date,
+            &facility,
+        ],
+    )
+    .await?
+    .get(0))
 }

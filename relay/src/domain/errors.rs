@@ -84,3 +84,20 @@ impl Invalid {
         }
     }
 }
+
+/// Something a person should know although the request succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Warning {
+    /// Stable UPPER_SNAKE.
+    pub code: String,
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}

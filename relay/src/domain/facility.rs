@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::{FieldError, FieldErrors};
 use super::identifiers::{
-    Branch, FacilityCode, FacilityKind, InsuredNumber, InsuredSymbol, InsurerNumber,
+    Branch, FacilityCode, FacilityKind, InsuranceIdentity, InsuredNumber, InsuredSymbol,
+    InsurerNumber, MunicipalityCode,
 };
 use super::prescription::Sex;
 
@@ -27,6 +28,9 @@ pub struct FacilityDraft {
     /// Pharmacies: whether it takes e-prescriptions (default true).
     #[serde(default)]
     pub accepts_e_prescriptions: Option<bool>,
+    /// 全国地方公共団体コード of the facility's municipality (disaster areas).
+    #[serde(default)]
+    pub municipality_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -41,6 +45,8 @@ pub struct Facility {
     pub email: String,
     pub fax_email: Option<String>,
     pub accepts_e_prescriptions: bool,
+    #[schema(value_type = Option<String>)]
+    pub municipality_code: Option<MunicipalityCode>,
 }
 
 fn email_ok(s: &str) -> bool {
@@ -105,6 +111,21 @@ impl FacilityDraft {
                 "fax_email must be the address of an email-to-FAX gateway",
             );
         }
+        let municipality_code = opt_trim(&self.municipality_code)
+            .and_then(|m| e.take("municipality_code", MunicipalityCode::parse(&m)));
+        if let (Some(code), Some(m)) = (&code, &municipality_code)
+            && code.prefecture() != m.prefecture()
+        {
+            e.add(
+                "municipality_code",
+                "PREFECTURE_MISMATCH",
+                format!(
+                    "municipality {m} is in prefecture {}, but the facility code {code} is in prefecture {}",
+                    m.prefecture(),
+                    code.prefecture()
+                ),
+            );
+        }
         e.finish(|| Facility {
             code: code.expect("code parsed when no errors"),
             kind: self.kind,
@@ -114,6 +135,7 @@ impl FacilityDraft {
             email: email.to_string(),
             fax_email,
             accepts_e_prescriptions: self.accepts_e_prescriptions.unwrap_or(true),
+            municipality_code,
         })
     }
 }
@@ -168,6 +190,14 @@ pub struct InsuredDraft {
     pub card: Option<CardDraft>,
     #[serde(default)]
     pub documents: Vec<HeldDocument>,
+    /// The operator's key for the person, linking coverages across insurance changes (e.g. the
+    /// 個人単位被保険者番号). Without it, a coverage joins the person holding the same card, or the
+    /// same insurance identity and birth date.
+    #[serde(default)]
+    pub person_ref: Option<String>,
+    /// The address on file (disaster mode uses it to tell namesakes apart).
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -191,6 +221,19 @@ pub struct InsuredPerson {
     pub valid_until: Option<Date>,
     pub card: Option<CardDraft>,
     pub documents: Vec<HeldDocument>,
+    pub person_ref: Option<String>,
+    pub address: Option<String>,
+}
+
+impl InsuredPerson {
+    pub fn identity(&self) -> InsuranceIdentity {
+        InsuranceIdentity {
+            insurer_number: self.insurer_number.clone(),
+            symbol: self.symbol.clone(),
+            number: self.number.clone(),
+            branch: self.branch.clone(),
+        }
+    }
 }
 
 impl InsuredDraft {
@@ -245,6 +288,21 @@ impl InsuredDraft {
                 );
             }
         }
+        let person_ref = opt_trim(&self.person_ref);
+        if person_ref
+            .as_deref()
+            .is_some_and(|r| r.chars().count() > 64 || r.chars().any(char::is_control))
+        {
+            e.add(
+                "person_ref",
+                "FORMAT",
+                "person_ref is at most 64 characters without control characters",
+            );
+        }
+        let address = opt_trim(&self.address);
+        if address.as_deref().is_some_and(|a| a.chars().count() > 200) {
+            e.add("address", "TOO_LONG", "address has at most 200 characters");
+        }
         let mut documents = self.documents.clone();
         documents.sort_by_key(|d| d.as_str());
         documents.dedup();
@@ -266,6 +324,8 @@ impl InsuredDraft {
                         certificate_expires_on: c.certificate_expires_on,
                     }),
                     documents,
+                    person_ref,
+                    address,
                 })
             }
             _ => Err(e.into_vec()),

@@ -298,6 +298,55 @@ impl PublicRecipientNumber {
     }
 }
 
+/// 都道府県コード: `01`–`47`, and `99` for the public test facilities.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PrefectureCode(String);
+string_newtype!(PrefectureCode);
+
+impl PrefectureCode {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let digits = plain_digits(raw, "prefecture code")?;
+        let n: u32 = digits.parse().unwrap_or(0);
+        if digits.len() != 2 || !((1..=47).contains(&n) || n == 99) {
+            return Err(Invalid::new(
+                "FORMAT",
+                "prefecture code must be 2 digits, 01 (北海道) to 47 (沖縄県), or 99 for test facilities",
+            ));
+        }
+        Ok(Self(digits))
+    }
+}
+
+/// 全国地方公共団体コード: 6 digits, the last a check digit (weights 6,5,4,3,2; the last digit of
+/// 11 − sum mod 11), e.g. `131016` 千代田区.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MunicipalityCode(String);
+string_newtype!(MunicipalityCode);
+
+impl MunicipalityCode {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        const WHAT: &str = "municipality code (全国地方公共団体コード)";
+        let digits = plain_digits(raw, WHAT)?;
+        if digits.len() != 6 {
+            return Err(Invalid::new("FORMAT", format!("{WHAT} must have 6 digits")));
+        }
+        PrefectureCode::parse(&digits[..2])?;
+        let d: Vec<u32> = digits.bytes().map(|b| u32::from(b - b'0')).collect();
+        let sum: u32 = d[..5].iter().zip([6, 5, 4, 3, 2]).map(|(a, w)| a * w).sum();
+        if (11 - sum % 11) % 10 != d[5] {
+            return Err(Invalid::new(
+                "CHECK_DIGIT",
+                format!("{WHAT} {digits} has a wrong check digit (last digit)"),
+            ));
+        }
+        Ok(Self(digits))
+    }
+
+    pub fn prefecture(&self) -> &str {
+        &self.0[..2]
+    }
+}
+
 /// The insurance identity a pharmacy must present with the 引換番号: 保険者番号, 記号, 番号, 枝番.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct InsuranceIdentity {
@@ -328,6 +377,23 @@ impl InsuranceIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn municipality_codes_carry_a_check_digit() {
+        for ok in ["131016", "011002", "271403", "271004"] {
+            assert!(MunicipalityCode::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            MunicipalityCode::parse("131017").unwrap_err().code,
+            "CHECK_DIGIT"
+        );
+        assert_eq!(
+            MunicipalityCode::parse("481016").unwrap_err().code,
+            "FORMAT"
+        );
+        assert!(PrefectureCode::parse("99").is_ok());
+        assert!(PrefectureCode::parse("48").is_err());
+    }
 
     #[test]
     fn insurer_numbers() {

@@ -4,6 +4,7 @@
 pub mod check_digit;
 pub mod dispensing;
 pub mod document;
+pub mod eligibility;
 pub mod errors;
 pub mod facility;
 pub mod identifiers;

@@ -1661,6 +1661,7 @@ mod tests {
             email: "clinic@example.jp".to_string(),
             fax_email: None,
             accepts_e_prescriptions: true,
+            municipality_code: None,
         }
     }
 

@@ -149,6 +149,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The problem document as JSON, for answers that are stored (idempotency, audit).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.problem).unwrap_or_default()
+    }
 }
 
 impl From<DbError> for ApiError {

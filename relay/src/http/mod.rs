@@ -7,6 +7,7 @@ pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod prescriptions;
+pub mod qualifications;
 pub mod state;
 pub mod tx;
 
@@ -35,11 +36,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(health::jwks)
     .service(admin::create_facility)
     .service(admin::create_insured)
+    .service(admin::upsert_staff)
+    .service(admin::declare_disaster)
+    .service(admin::list_disasters)
+    .service(admin::end_disaster)
+    .service(qualifications::card)
+    .service(qualifications::fallback)
+    .service(qualifications::get_one)
+    .service(qualifications::outstanding)
     .service(prescriptions::receive)
     .service(prescriptions::register)
     .service(prescriptions::search)
     .service(prescriptions::get_one)
     .service(prescriptions::cancel)
+    .service(prescriptions::receive_by_card)
     .service(prescriptions::release)
     .service(prescriptions::dispense)
     .service(prescriptions::list_events)

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, documents, health, prescriptions};
+use super::{admin, documents, health, prescriptions, qualifications};
 
 const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
 exclusively by 引換番号 plus the insurance identity.
@@ -21,12 +21,14 @@ error the key may be used again.
 | 400 | MALFORMED_JSON | no: fix the body |
 | 401 | UNAUTHENTICATED | only with a new, valid token |
 | 403 | FORBIDDEN | no: wrong role or facility |
-| 404 | PRESCRIPTION_NOT_FOUND, NOT_FOUND | no: check the 引換番号 and identity with the patient (failed receives count towards the throttle) |
-| 409 | HELD_BY_ANOTHER_PHARMACY, ALREADY_DISPENSED, NOT_HELD, REFILL_NOT_DUE, FACILITY_EXISTS, COVERAGE_EXISTS | not as is: the prescription's state must change first (e.g. the holder releases it) |
-| 409 | PRESCRIPTION_BUSY | yes, at once: it changed while being received |
+| 404 | PRESCRIPTION_NOT_FOUND, QUALIFICATION_NOT_FOUND, DISASTER_NOT_FOUND, NOT_FOUND | no: check the 引換番号 and identity with the patient (failed receives count towards the throttle) |
+| 409 | HELD_BY_ANOTHER_PHARMACY, ALREADY_DISPENSED, NOT_HELD, REFILL_NOT_DUE, FACILITY_EXISTS, COVERAGE_EXISTS, CARD_IN_USE, PERSON_MISMATCH | not as is: the prescription's state must change first (e.g. the holder releases it) |
+| 409 | PRESCRIPTION_BUSY, REGISTRY_BUSY | yes, at once: it changed while being processed |
 | 410 | PRESCRIPTION_CANCELLED, PRESCRIPTION_EXPIRED | never |
+| 410 | QUALIFICATION_EXPIRED | no: confirm eligibility again |
 | 413, 415 | BODY_NOT_READABLE, UNSUPPORTED_MEDIA_TYPE | no: fix the request |
 | 422 | VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED | no: fix the fields / use a new key |
+| 422 | eligibility refusals (PIN_LOCKED, CERTIFICATE_EXPIRED, NOTICE_REQUIRES_CARD, …), QUALIFICATION_MISMATCH, CARD_PATH_REQUIRED | no: follow `next_steps` / `fallback_ladder`; refusals are recorded |
 | 429 | TOO_MANY_ATTEMPTS | yes, after `Retry-After` seconds |
 | 500 | INTERNAL | yes, with the same `Idempotency-Key` |
 | 503 | DATABASE_UNAVAILABLE | yes, after `Retry-After`, with the same `Idempotency-Key` |
@@ -41,11 +43,20 @@ error the key may be used again.
         health::jwks,
         admin::create_facility,
         admin::create_insured,
+        admin::upsert_staff,
+        admin::declare_disaster,
+        admin::list_disasters,
+        admin::end_disaster,
+        qualifications::card,
+        qualifications::fallback,
+        qualifications::get_one,
+        qualifications::outstanding,
         prescriptions::register,
         prescriptions::search,
         prescriptions::get_one,
         prescriptions::cancel,
         prescriptions::receive,
+        prescriptions::receive_by_card,
         prescriptions::release,
         prescriptions::dispense,
         prescriptions::list_events,
@@ -57,6 +68,7 @@ error the key may be used again.
     tags(
         (name = "prescriptions", description = "clinic side"),
         (name = "dispensing", description = "pharmacy side"),
+        (name = "eligibility", description = "資格確認: the card path, the fallback ladder, disaster mode"),
         (name = "documents", description = "SJ1 CSV, the 控え and the paper prescription"),
         (name = "admin", description = "registries (role admin)"),
         (name = "operations", description = "health and keys"),

@@ -16,11 +16,14 @@ use super::tx::{Reply, idempotent};
 use crate::auth::Role;
 use crate::db::prescriptions::{DispensingRecord, Record, Search};
 use crate::db::{
-    self, DbError, GenericClient, events, facilities, master, prescriptions, throttle,
+    self, DbError, GenericClient, events, facilities, master, prescriptions, qualifications,
+    throttle,
 };
 use crate::domain::FieldError;
 use crate::domain::dispensing::{DispenseContext, DispenseDraft};
+use crate::domain::eligibility::{Claim, ClaimBasis, DisasterRef, Method};
 use crate::domain::errors::FieldErrors;
+use crate::domain::errors::Warning;
 use crate::domain::identifiers::{
     Branch, ExchangeNumber, FacilityKind, InsuranceIdentity, InsuredNumber, InsuredSymbol,
     InsurerNumber,
@@ -72,12 +75,6 @@ pub struct Registered {
     pub warnings: Vec<Warning>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Warning {
-    pub code: &'static str,
-    pub message: String,
-}
-
 /// Characters of `p` that the JAHIS 2-D code replaces by ■, as warnings.
 fn jahis_warnings(
     institution: &crate::domain::facility::Facility,
@@ -93,7 +90,7 @@ fn jahis_warnings(
         .replaced
         .iter()
         .map(|r| Warning {
-            code: "JAHIS_CHARACTER_REPLACED",
+            code: "JAHIS_CHARACTER_REPLACED".into(),
             message: format!(
                 "「{}」 (U+{:04X}, SJ1 record {}) cannot be written in Shift_JIS: the paper prescription's 2-D code shows ■ instead",
                 r.original, r.original as u32, r.record
@@ -133,6 +130,18 @@ pub struct PrescriptionView {
     pub registered_at: Timestamp,
     pub prescription: Prescription,
     pub dispensings: Vec<DispensingRecord>,
+    /// The qualification the holder received it under, with the claim basis (holder only).
+    pub qualification: Option<HeldQualification>,
+}
+
+/// The eligibility confirmation behind a receive, as its pharmacy sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeldQualification {
+    pub qualification_id: Uuid,
+    pub method: Method,
+    pub claim_basis: ClaimBasis,
+    pub claim: Claim,
+    pub disaster: Option<DisasterRef>,
 }
 
 /// One line of the clinic's lookup (the lost-控え case).
@@ -233,18 +242,26 @@ fn not_found() -> ApiError {
     ApiError::not_found("PRESCRIPTION_NOT_FOUND", "no prescription has this id")
 }
 
+/// The caller's facility, which must be registered.
+pub async fn registered_facility(
+    c: &impl GenericClient,
+    caller: &Caller,
+) -> Result<crate::domain::facility::Facility, ApiError> {
+    facilities::get(c, &caller.facility).await?.ok_or_else(|| {
+        ApiError::forbidden(format!(
+            "facility {} is not registered with the relay; ask the operator to register it",
+            caller.facility
+        ))
+    })
+}
+
 /// The caller's facility, which must be registered and of the expected kind.
 async fn own_facility(
     c: &impl GenericClient,
     caller: &Caller,
     kind: FacilityKind,
 ) -> Result<crate::domain::facility::Facility, ApiError> {
-    let facility = facilities::get(c, &caller.facility).await?.ok_or_else(|| {
-        ApiError::forbidden(format!(
-            "facility {} is not registered with the relay; ask the operator to register it",
-            caller.facility
-        ))
-    })?;
+    let facility = registered_facility(c, caller).await?;
     if facility.kind != kind {
         return Err(ApiError::forbidden(format!(
             "facility {} is a {}, not a {}",
@@ -313,7 +330,13 @@ pub async fn unknown_drug_codes(
     Ok(errors.into_vec())
 }
 
-async fn view(c: &impl GenericClient, r: Record) -> Result<PrescriptionView, DbError> {
+/// The prescription as `viewer` (the caller's facility) may see it: the claim basis of a
+/// dispensing and the holder's qualification are shown to that pharmacy only.
+async fn view(
+    c: &impl GenericClient,
+    r: Record,
+    viewer: &str,
+) -> Result<PrescriptionView, DbError> {
     let issuer_name = facilities::name_of(c, &r.issuer_code).await?;
     let holder = match &r.holder_code {
         Some(code) => Some(FacilityRef {
@@ -322,7 +345,20 @@ async fn view(c: &impl GenericClient, r: Record) -> Result<PrescriptionView, DbE
         }),
         None => None,
     };
-    let dispensings = prescriptions::dispensings(c, r.id).await?;
+    let mut dispensings = prescriptions::dispensings(c, r.id).await?;
+    for d in &mut dispensings {
+        if d.pharmacy_code != viewer {
+            d.claim = None;
+        }
+    }
+    let qualification = match r.qualification_id {
+        Some(id) if r.holder_code.as_deref() == Some(viewer) => {
+            qualifications::get_confirmed(c, id)
+                .await?
+                .and_then(|q| serde_json::from_value::<HeldQualification>(q.detail).ok())
+        }
+        _ => None,
+    };
     Ok(PrescriptionView {
         prescription_id: r.id,
         exchange_number: r.exchange_number,
@@ -347,6 +383,7 @@ async fn view(c: &impl GenericClient, r: Record) -> Result<PrescriptionView, DbE
         registered_at: r.created_at,
         prescription: r.document,
         dispensings,
+        qualification,
     })
 }
 
@@ -599,7 +636,9 @@ pub async fn get_one(
 ) -> Result<web::Json<PrescriptionView>, ApiError> {
     let client = state.pool.get().await.map_err(DbError::from)?;
     let record = visible_to(&client, &caller, &id).await?;
-    Ok(web::Json(view(&client, record).await?))
+    Ok(web::Json(
+        view(&client, record, caller.facility.as_str()).await?,
+    ))
 }
 
 /// The clinic's own prescriptions by insurance identity and issue dates (the lost-控え lookup).
@@ -849,6 +888,16 @@ pub async fn receive(
                 .retry_after(recent.seconds_until_oldest_expires.max(1) as u64));
             }
         }
+        let qualification = match request.qualification_id {
+            Some(id) => {
+                let q = super::qualifications::usable(tx, &caller, id, false).await?;
+                if !super::qualifications::same_patient(&q, &identity, request.birth_date) {
+                    return Err(super::qualifications::mismatch());
+                }
+                Some(q)
+            }
+            None => None,
+        };
         let today = today();
         for attempt in 0..2 {
             if let Some(r) = prescriptions::receive_by_number(
@@ -858,19 +907,11 @@ pub async fn receive(
                 request.birth_date,
                 &pharmacy,
                 today,
+                qualification.as_ref().map(|q| q.stored.id),
             )
             .await?
             {
-                events::append(
-                    tx,
-                    r.id,
-                    caller.actor(),
-                    EventAction::Received,
-                    serde_json::json!({"via": "exchange_number", "qualification_id": request.qualification_id}),
-                )
-                .await?;
-                let v = view(tx, r).await?;
-                return Reply::new(StatusCode::OK, v);
+                return received(tx, &caller, r, "exchange_number", qualification.as_ref()).await;
             }
             // Nothing receivable matched: say why, counting only a wrong number or identity.
             let Some(r) =
@@ -884,68 +925,199 @@ pub async fn receive(
                     "no prescription matches this 引換番号 and insurance identity; check both with the patient's 控え",
                 ));
             };
-            return match r.status {
-                Status::Dispensing if r.holder_code.as_deref() == Some(pharmacy.as_str()) => {
-                    let v = view(tx, r).await?;
-                    Reply::new(StatusCode::OK, v)
-                }
-                Status::Dispensing => {
-                    let code = r.holder_code.clone().unwrap_or_default();
-                    let name = facilities::name_of(tx, &code).await?;
-                    Err(ApiError::conflict(
-                        "HELD_BY_ANOTHER_PHARMACY",
-                        format!(
-                            "this prescription is being dispensed by {} ({code}); it must release it first",
-                            name.as_deref().unwrap_or("another pharmacy")
-                        ),
-                    )
-                    .with("holder", FacilityRef { code, name }))
-                }
-                Status::Dispensed => Err(ApiError::conflict(
-                    "ALREADY_DISPENSED",
-                    "this prescription has already been dispensed",
-                )),
-                Status::Cancelled => Err(ApiError::gone(
-                    "PRESCRIPTION_CANCELLED",
-                    "the issuing institution cancelled this prescription; ask the patient for the new one or contact the clinic",
-                )),
-                Status::Expired => Err(expired_error(&r)),
-                Status::Registered => match r.validity.window(today) {
-                    Window::NotYet { opens_on } => Err(ApiError::conflict(
-                        "REFILL_NOT_DUE",
-                        format!("the next use of this refill prescription can be received from {opens_on}"),
-                    )
-                    .with("opens_on", opens_on)),
-                    // Released by its holder between the two statements: try the receive again.
-                    Window::Open if attempt == 0 => continue,
-                    Window::Open => Err(ApiError::conflict(
-                        "PRESCRIPTION_BUSY",
-                        "the prescription changed while it was being received; send the request again",
-                    )),
-                    Window::Closed => {
-                        // Its window has closed: record the expiry in its own transaction so it
-                        // survives this request's rollback.
-                        let client = state.pool.get().await.map_err(DbError::from)?;
-                        if prescriptions::mark_expired(&client, r.id).await? {
-                            events::append(
-                                &client,
-                                r.id,
-                                events::Actor { staff: "relay", facility: &pharmacy, role: "system" },
-                                EventAction::Expired,
-                                serde_json::json!({"valid_until": r.validity.valid_until}),
-                            )
-                            .await?;
-                        }
-                        Err(expired_error(&r))
-                    }
-                },
-            };
+            if let Some(reply) = why_not_received(tx, &state, &pharmacy, r, today, attempt).await? {
+                return Ok(reply);
+            }
         }
-        // Every arm of the last attempt returns; kept as an answer rather than a panic.
-        Err(ApiError::conflict(
-            "PRESCRIPTION_BUSY",
-            "the prescription changed while it was being received; send the request again",
-        ))
+        Err(busy())
+    })
+    .await
+}
+
+fn busy() -> ApiError {
+    ApiError::conflict(
+        "PRESCRIPTION_BUSY",
+        "the prescription changed while it was being received; send the request again",
+    )
+}
+
+/// The answer to a successful receive: the event (with the qualification it relied on) and the
+/// prescription as its new holder sees it.
+async fn received(
+    tx: &impl GenericClient,
+    caller: &Caller,
+    r: Record,
+    via: &str,
+    q: Option<&super::qualifications::Usable>,
+) -> Result<Reply, ApiError> {
+    events::append(
+        tx,
+        r.id,
+        caller.actor(),
+        EventAction::Received,
+        serde_json::json!({
+            "via": via,
+            "qualification_id": q.map(|q| q.stored.id),
+            "method": q.map(|q| q.stored.method.as_str()),
+            "claim_basis": q.map(|q| q.view.claim_basis.as_str()),
+            "disaster": q.and_then(|q| q.view.disaster.as_ref().map(|d| d.name.clone())),
+        }),
+    )
+    .await?;
+    let v = view(tx, r, caller.facility.as_str()).await?;
+    Reply::new(StatusCode::OK, v)
+}
+
+/// Why a prescription the caller identified was not received: `Ok(Some)` when the caller
+/// already holds it (answered as a success), an error naming the state otherwise, or `Ok(None)`
+/// when it was released meanwhile and the receive should be tried once more.
+async fn why_not_received(
+    tx: &impl GenericClient,
+    state: &AppState,
+    pharmacy: &str,
+    r: Record,
+    today: Date,
+    attempt: usize,
+) -> Result<Option<Reply>, ApiError> {
+    match r.status {
+        Status::Dispensing if r.holder_code.as_deref() == Some(pharmacy) => {
+            let v = view(tx, r, pharmacy).await?;
+            Reply::new(StatusCode::OK, v).map(Some)
+        }
+        Status::Dispensing => {
+            let code = r.holder_code.clone().unwrap_or_default();
+            let name = facilities::name_of(tx, &code).await?;
+            Err(ApiError::conflict(
+                "HELD_BY_ANOTHER_PHARMACY",
+                format!(
+                    "this prescription is being dispensed by {} ({code}); it must release it first",
+                    name.as_deref().unwrap_or("another pharmacy")
+                ),
+            )
+            .with("holder", FacilityRef { code, name }))
+        }
+        Status::Dispensed => Err(ApiError::conflict(
+            "ALREADY_DISPENSED",
+            "this prescription has already been dispensed",
+        )),
+        Status::Cancelled => Err(ApiError::gone(
+            "PRESCRIPTION_CANCELLED",
+            "the issuing institution cancelled this prescription; ask the patient for the new one or contact the clinic",
+        )),
+        Status::Expired => Err(expired_error(&r)),
+        Status::Registered => match r.validity.window(today) {
+            Window::NotYet { opens_on } => Err(ApiError::conflict(
+                "REFILL_NOT_DUE",
+                format!("the next use of this refill prescription can be received from {opens_on}"),
+            )
+            .with("opens_on", opens_on)),
+            // Released by its holder between the two statements: try the receive again.
+            Window::Open if attempt == 0 => Ok(None),
+            Window::Open => Err(busy()),
+            Window::Closed => {
+                // Its window has closed: record the expiry in its own transaction so it
+                // survives this request's rollback.
+                let client = state.pool.get().await.map_err(DbError::from)?;
+                if prescriptions::mark_expired(&client, r.id).await? {
+                    events::append(
+                        &client,
+                        r.id,
+                        events::Actor {
+                            staff: "relay",
+                            facility: pharmacy,
+                            role: "system",
+                        },
+                        EventAction::Expired,
+                        serde_json::json!({"valid_until": r.validity.valid_until}),
+                    )
+                    .await?;
+                }
+                Err(expired_error(&r))
+            }
+        },
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CardReceiveRequest {
+    /// A card-path (or disaster-mode) qualification made by the caller's pharmacy.
+    pub qualification_id: Uuid,
+}
+
+/// The card path: receive one of the patient's outstanding prescriptions (listed by
+/// `GET /v1/qualifications/{id}/prescriptions`) without a 引換番号.
+#[utoipa::path(
+    post, path = "/v1/prescriptions/{id}/receive", tag = "dispensing",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = CardReceiveRequest,
+    responses(
+        (status = 200, body = PrescriptionView, description = "OK: now held by the caller"),
+        (status = 404, body = Problem, description = "PRESCRIPTION_NOT_FOUND (also: not this patient's), QUALIFICATION_NOT_FOUND"),
+        (status = 409, body = Problem, description = "HELD_BY_ANOTHER_PHARMACY (names the holder), ALREADY_DISPENSED, REFILL_NOT_DUE"),
+        (status = 410, body = Problem, description = "PRESCRIPTION_CANCELLED, PRESCRIPTION_EXPIRED, QUALIFICATION_EXPIRED"),
+        (status = 422, body = Problem, description = "CARD_PATH_REQUIRED, INFO_SHARING_UNAVAILABLE: use the 引換番号 path"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/prescriptions/{id}/receive")]
+pub async fn receive_by_card(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    key: IdempotencyKey,
+    id: web::Path<String>,
+    body: JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(PHARMACY_STAFF)?;
+    let body = body.parse::<CardReceiveRequest>()?;
+    let id = parse_id(&id)?;
+    let pharmacy = caller.facility.as_str().to_string();
+    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        own_facility(tx, &caller, FacilityKind::Pharmacy).await?;
+        let q =
+            super::qualifications::usable(tx, &caller, body.value.qualification_id, true).await?;
+        let Some(person) = &q.person else {
+            return Err(not_found());
+        };
+        let identities: Vec<InsuranceIdentity> = person
+            .coverages
+            .iter()
+            .map(|c| c.identity.clone())
+            .collect();
+        let today = today();
+        for attempt in 0..2 {
+            if let Some(r) = prescriptions::receive_by_id(
+                tx,
+                id,
+                &identities,
+                person.birth_date,
+                &pharmacy,
+                today,
+                q.stored.id,
+            )
+            .await?
+            {
+                let via = if q.stored.method == Method::Disaster {
+                    "disaster"
+                } else {
+                    "card"
+                };
+                return received(tx, &caller, r, via, Some(&q)).await;
+            }
+            // Another patient's prescription is reported like a missing one.
+            let r = prescriptions::get(tx, id)
+                .await?
+                .filter(|r| {
+                    r.document.patient.birth_date == person.birth_date
+                        && identities.contains(&r.document.insurance.identity())
+                })
+                .ok_or_else(not_found)?;
+            if let Some(reply) = why_not_received(tx, &state, &pharmacy, r, today, attempt).await? {
+                return Ok(reply);
+            }
+        }
+        Err(busy())
     })
     .await
 }
@@ -1090,6 +1262,14 @@ pub async fn dispense(
             // The remaining refill uses are what the clinic asked to cancel.
             (true, true) => Status::Cancelled,
         };
+        // The claim basis of the qualification the prescription was received under.
+        let claim = match r.qualification_id {
+            Some(q) => qualifications::get_confirmed(tx, q)
+                .await?
+                .and_then(|q| serde_json::from_value::<HeldQualification>(q.detail).ok())
+                .map(|q| q.claim),
+            None => None,
+        };
         let use_number = prescriptions::record_dispensing(
             tx,
             &r,
@@ -1097,6 +1277,7 @@ pub async fn dispense(
             &caller.staff,
             &dispensing,
             next,
+            claim.as_ref(),
         )
         .await?;
         events::append(

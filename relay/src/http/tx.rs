@@ -18,6 +18,14 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A refusal that is still committed: the audit of a refused 資格確認 must survive the answer.
+    pub fn problem(err: &ApiError) -> Self {
+        Self {
+            status: err.status(),
+            body: err.body(),
+        }
+    }
+
     pub fn new(status: StatusCode, body: impl Serialize) -> Result<Self, ApiError> {
         Ok(Self {
             status,
@@ -50,9 +58,7 @@ where
             idempotency::Claim::Fresh => {}
             idempotency::Claim::Replay { status, body } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                return Ok(HttpResponse::build(status)
-                    .insert_header(("Idempotent-Replayed", "true"))
-                    .json(body));
+                return Ok(respond(status, body, true));
             }
             idempotency::Claim::Mismatch => {
                 return Err(ApiError::new(
@@ -68,5 +74,17 @@ where
         idempotency::store(&tx, facility, key, reply.status.as_u16(), &reply.body).await?;
     }
     tx.commit().await.map_err(db::DbError::from)?;
-    Ok(HttpResponse::build(reply.status).json(reply.body))
+    Ok(respond(reply.status, reply.body, false))
+}
+
+/// JSON for success, `application/problem+json` for a committed refusal.
+fn respond(status: StatusCode, body: serde_json::Value, replayed: bool) -> HttpResponse {
+    let mut res = HttpResponse::build(status);
+    if replayed {
+        res.insert_header(("Idempotent-Replayed", "true"));
+    }
+    if status.is_client_error() || status.is_server_error() {
+        res.content_type("application/problem+json");
+    }
+    res.json(body)
 }

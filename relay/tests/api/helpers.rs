@@ -75,6 +75,9 @@ fn template_name() -> String {
         h.update(std::fs::read(&f).expect("migration readable"));
     }
     h.update(include_str!("../../src/seed.rs"));
+    h.update(include_str!("../../src/db/insured.rs"));
+    // The demo seed places some dates relative to today.
+    h.update(relay::domain::time::today().to_string());
     for f in ["mhlw-yakka-list-20250716.csv", "contraindications-seed.csv"] {
         let len = std::fs::metadata(shared_data_dir().join(f))
             .map(|m| m.len())
@@ -414,6 +417,7 @@ pub async fn add_pharmacies(app: &TestApp, codes: &[String]) {
             email: format!("{code}@test.invalid"),
             fax_email: None,
             accepts_e_prescriptions: true,
+            municipality_code: None,
         };
         relay::db::facilities::upsert(&client, &facility)
             .await

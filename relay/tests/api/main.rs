@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod documents;
+mod eligibility;
 mod health;
 mod helpers;
 mod idempotency;
