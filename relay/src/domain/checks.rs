@@ -155,7 +155,17 @@ pub struct Options {
 
 /// The kind of a hit, most severe first (the order of [`run`]'s output).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum HitKind {
@@ -257,7 +267,10 @@ pub fn days_counted(form: DosageForm, quantity: u32) -> u32 {
 
 /// The drug lines of `p` in order, with the ingredients `ingredients_of` finds for each drug (from
 /// the master). 医療材料 RPs are skipped: they have no ingredients.
-pub fn new_lines(p: &Prescription, ingredients_of: impl Fn(&Drug) -> Vec<Ingredient>) -> Vec<NewLine> {
+pub fn new_lines(
+    p: &Prescription,
+    ingredients_of: impl Fn(&Drug) -> Vec<Ingredient>,
+) -> Vec<NewLine> {
     let mut lines = Vec::new();
     for (rp_index, rp) in p.rps.iter().enumerate() {
         if rp.dosage_form == DosageForm::Material {
@@ -415,7 +428,10 @@ pub fn run(new: &[NewLine], history: &[HistoryLine], pairs: &[Pair], opts: &Opti
                     }
                 }
             }
-            for (kind, causes) in [(HitKind::Contraindication, contra), (HitKind::Duplicate, dup)] {
+            for (kind, causes) in [
+                (HitKind::Contraindication, contra),
+                (HitKind::Duplicate, dup),
+            ] {
                 if causes.is_empty() {
                     continue;
                 }
@@ -531,8 +547,17 @@ mod tests {
     #[test]
     fn tadalafil_under_two_therapeutic_classes_is_a_duplicate() {
         // シアリス (259) prescribed elsewhere, アドシルカ (219) now: same ingredient, same route.
-        let new = [new_line(0, "アドシルカ錠２０ｍｇ", ing(&["タダラフィル"], ORAL))];
-        let history = [hist("シアリス錠２０ｍｇ", ing(&["タダラフィル"], ORAL), ago(3), 30)];
+        let new = [new_line(
+            0,
+            "アドシルカ錠２０ｍｇ",
+            ing(&["タダラフィル"], ORAL),
+        )];
+        let history = [hist(
+            "シアリス錠２０ｍｇ",
+            ing(&["タダラフィル"], ORAL),
+            ago(3),
+            30,
+        )];
         let hits = run(&new, &history, &[], &opts());
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].kind, HitKind::Duplicate);
@@ -543,7 +568,11 @@ mod tests {
 
     #[test]
     fn combination_product_duplicates_through_each_ingredient() {
-        let new = [new_line(0, "ディオバン錠８０ｍｇ", ing(&["バルサルタン"], ORAL))];
+        let new = [new_line(
+            0,
+            "ディオバン錠８０ｍｇ",
+            ing(&["バルサルタン"], ORAL),
+        )];
         let history = [hist(
             "エックスフォージ配合錠",
             ing(&["バルサルタン", "アムロジピンベシル酸塩"], ORAL),
@@ -562,7 +591,12 @@ mod tests {
             "エックスフォージ配合錠",
             ing(&["バルサルタン", "アムロジピンベシル酸塩"], ORAL),
         )];
-        let history = [hist("ディオバン錠８０ｍｇ", ing(&["バルサルタン"], ORAL), ago(1), 28)];
+        let history = [hist(
+            "ディオバン錠８０ｍｇ",
+            ing(&["バルサルタン"], ORAL),
+            ago(1),
+            28,
+        )];
         let hits = run(&new, &history, &[], &opts());
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].ingredient, "バルサルタン");
@@ -570,7 +604,11 @@ mod tests {
 
     #[test]
     fn same_ingredient_by_another_route_is_not_a_duplicate() {
-        let new = [new_line(0, "ロキソニン錠６０ｍｇ", ing(&["ロキソプロフェンナトリウム水和物"], ORAL))];
+        let new = [new_line(
+            0,
+            "ロキソニン錠６０ｍｇ",
+            ing(&["ロキソプロフェンナトリウム水和物"], ORAL),
+        )];
         let history = [hist(
             "ロキソニンテープ１００ｍｇ",
             ing(&["ロキソプロフェンナトリウム水和物"], EXTERNAL),
@@ -585,7 +623,11 @@ mod tests {
         assert_eq!(days_counted(DosageForm::External, 5), 14);
         assert_eq!(days_counted(DosageForm::AsNeeded, 10), 14);
         assert_eq!(days_counted(DosageForm::Injection, 1), 14);
-        let new = [new_line(0, "ロキソニン錠６０ｍｇ", ing(&["ロキソプロフェンナトリウム水和物"], ORAL))];
+        let new = [new_line(
+            0,
+            "ロキソニン錠６０ｍｇ",
+            ing(&["ロキソプロフェンナトリウム水和物"], ORAL),
+        )];
         let tonpuku = |started| {
             hist(
                 "ロキソプロフェンNa錠（頓服）",
@@ -599,7 +641,11 @@ mod tests {
         // Day 14 is the first day outside the window.
         assert!(run(&new, &[tonpuku(ago(14))], &[], &opts()).is_empty());
 
-        let new = [new_line(0, "モーラステープ", ing(&["ケトプロフェン"], EXTERNAL))];
+        let new = [new_line(
+            0,
+            "モーラステープ",
+            ing(&["ケトプロフェン"], EXTERNAL),
+        )];
         let tape = |started| {
             hist(
                 "ケトプロフェンテープ",
@@ -616,8 +662,19 @@ mod tests {
     fn oral_supply_counts_its_days() {
         assert_eq!(days_counted(DosageForm::Oral, 7), 7);
         assert_eq!(days_counted(DosageForm::OralDrops, 7), 7);
-        let new = [new_line(0, "アムロジピン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL))];
-        let seven = |started| hist("ノルバスク錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), started, 7);
+        let new = [new_line(
+            0,
+            "アムロジピン錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+        )];
+        let seven = |started| {
+            hist(
+                "ノルバスク錠５ｍｇ",
+                ing(&["アムロジピンベシル酸塩"], ORAL),
+                started,
+                7,
+            )
+        };
         assert_eq!(run(&new, &[seven(ago(6))], &[], &opts()).len(), 1);
         assert!(run(&new, &[seven(ago(7))], &[], &opts()).is_empty());
         // A start in the future (a 使用期限 later dispensing, a clock skew) counts.
@@ -626,8 +683,17 @@ mod tests {
 
     #[test]
     fn dispensing_date_starts_the_period() {
-        let new = [new_line(0, "アムロジピン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL))];
-        let mut h = hist("ノルバスク錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(20), 14);
+        let new = [new_line(
+            0,
+            "アムロジピン錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+        )];
+        let mut h = hist(
+            "ノルバスク錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+            ago(20),
+            14,
+        );
         assert!(run(&new, std::slice::from_ref(&h), &[], &opts()).is_empty());
         h.dispensed_on = Some(ago(5));
         let hits = run(&new, &[h], &[], &opts());
@@ -640,8 +706,17 @@ mod tests {
 
     #[test]
     fn cancelled_history_is_ignored() {
-        let new = [new_line(0, "アムロジピン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL))];
-        let mut h = hist("ノルバスク錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(1), 28);
+        let new = [new_line(
+            0,
+            "アムロジピン錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+        )];
+        let mut h = hist(
+            "ノルバスク錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+            ago(1),
+            28,
+        );
         h.cancelled = true;
         assert!(run(&new, &[h], &seed_pairs(), &opts()).is_empty());
     }
@@ -671,26 +746,62 @@ mod tests {
         let hits = run(&new, &history, &pairs, &opts());
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].ingredient, "ニトログリセリン");
-        assert_eq!(hits[0].causes[0].reveal.ingredient, "シルデナフィルクエン酸塩");
+        assert_eq!(
+            hits[0].causes[0].reveal.ingredient,
+            "シルデナフィルクエン酸塩"
+        );
     }
 
     #[test]
     fn contraindication_is_route_aware() {
         let pairs = seed_pairs();
-        let new = [new_line(0, "ハルシオン錠０．２５ｍｇ", ing(&["トリアゾラム"], ORAL))];
+        let new = [new_line(
+            0,
+            "ハルシオン錠０．２５ｍｇ",
+            ing(&["トリアゾラム"], ORAL),
+        )];
         // ミコナゾール only as 注射薬 is listed: the cream does not match.
-        let cream = hist("フロリードＤクリーム１％", ing(&["ミコナゾール硝酸塩"], EXTERNAL), ago(1), 14);
-        let gel = hist("ミコナゾール外用", ing(&["ミコナゾール"], EXTERNAL), ago(1), 14);
+        let cream = hist(
+            "フロリードＤクリーム１％",
+            ing(&["ミコナゾール硝酸塩"], EXTERNAL),
+            ago(1),
+            14,
+        );
+        let gel = hist(
+            "ミコナゾール外用",
+            ing(&["ミコナゾール"], EXTERNAL),
+            ago(1),
+            14,
+        );
         assert!(run(&new, &[cream, gel], &pairs, &opts()).is_empty());
-        let inj = hist("フロリードＦ注２００ｍｇ", ing(&["ミコナゾール"], INJECTION), ago(1), 14);
+        let inj = hist(
+            "フロリードＦ注２００ｍｇ",
+            ing(&["ミコナゾール"], INJECTION),
+            ago(1),
+            14,
+        );
         assert_eq!(run(&new, &[inj], &pairs, &opts()).len(), 1);
 
         // `*` matches any route (ニトログリセリン 注射 and 外用 alike), but route_a = 内用薬 does
         // not match an external シルデナフィル (hypothetical).
-        let new = [new_line(0, "ミリスロール注", ing(&["ニトログリセリン"], INJECTION))];
-        let oral = hist("バイアグラ錠", ing(&["シルデナフィルクエン酸塩"], ORAL), ago(1), 10);
+        let new = [new_line(
+            0,
+            "ミリスロール注",
+            ing(&["ニトログリセリン"], INJECTION),
+        )];
+        let oral = hist(
+            "バイアグラ錠",
+            ing(&["シルデナフィルクエン酸塩"], ORAL),
+            ago(1),
+            10,
+        );
         assert_eq!(run(&new, &[oral], &pairs, &opts()).len(), 1);
-        let external = hist("仮想外用", ing(&["シルデナフィルクエン酸塩"], EXTERNAL), ago(1), 10);
+        let external = hist(
+            "仮想外用",
+            ing(&["シルデナフィルクエン酸塩"], EXTERNAL),
+            ago(1),
+            10,
+        );
         assert!(run(&new, &[external], &pairs, &opts()).is_empty());
     }
 
@@ -715,18 +826,38 @@ mod tests {
                 "エックスフォージ配合錠",
                 ing(&["アムロジピンベシル酸塩", "バルサルタン"], ORAL),
             ),
-            new_line(2, "バイアグラ錠５０ｍｇ", ing(&["シルデナフィルクエン酸塩"], ORAL)),
-            new_line(3, "ニトロペン舌下錠０．３ｍｇ", ing(&["ニトログリセリン"], ORAL)),
+            new_line(
+                2,
+                "バイアグラ錠５０ｍｇ",
+                ing(&["シルデナフィルクエン酸塩"], ORAL),
+            ),
+            new_line(
+                3,
+                "ニトロペン舌下錠０．３ｍｇ",
+                ing(&["ニトログリセリン"], ORAL),
+            ),
         ];
         let hits = run(&new, &[], &seed_pairs(), &opts());
         let summary: Vec<_> = hits
             .iter()
-            .map(|h| (h.hit_id.as_str(), h.kind, h.new_drug.rp, h.ingredient.as_str()))
+            .map(|h| {
+                (
+                    h.hit_id.as_str(),
+                    h.kind,
+                    h.new_drug.rp,
+                    h.ingredient.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             [
-                ("h1", HitKind::Contraindication, 2, "シルデナフィルクエン酸塩"),
+                (
+                    "h1",
+                    HitKind::Contraindication,
+                    2,
+                    "シルデナフィルクエン酸塩"
+                ),
                 ("h2", HitKind::Contraindication, 3, "ニトログリセリン"),
                 ("h3", HitKind::Duplicate, 0, "バルサルタン"),
                 ("h4", HitKind::Duplicate, 1, "バルサルタン"),
@@ -742,10 +873,24 @@ mod tests {
 
     #[test]
     fn one_hit_per_line_ingredient_and_kind_with_every_cause() {
-        let new = [new_line(0, "アムロジピン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL))];
+        let new = [new_line(
+            0,
+            "アムロジピン錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+        )];
         let mut history = vec![
-            hist("ノルバスク錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(1), 28),
-            hist("アムロジン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(2), 28),
+            hist(
+                "ノルバスク錠５ｍｇ",
+                ing(&["アムロジピンベシル酸塩"], ORAL),
+                ago(1),
+                28,
+            ),
+            hist(
+                "アムロジン錠５ｍｇ",
+                ing(&["アムロジピンベシル酸塩"], ORAL),
+                ago(2),
+                28,
+            ),
             hist(
                 "エックスフォージ配合錠",
                 ing(&["バルサルタン", "アムロジピンベシル酸塩"], ORAL),
@@ -757,19 +902,47 @@ mod tests {
         let hits = run(&new, &history, &[], &opts());
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].hit_id, "h1");
-        let names: Vec<_> = hits[0].causes.iter().map(|c| c.reveal.drug_name.as_str()).collect();
-        assert_eq!(names, ["ノルバスク錠５ｍｇ", "アムロジン錠５ｍｇ", "エックスフォージ配合錠"]);
+        let names: Vec<_> = hits[0]
+            .causes
+            .iter()
+            .map(|c| c.reveal.drug_name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ノルバスク錠５ｍｇ",
+                "アムロジン錠５ｍｇ",
+                "エックスフォージ配合錠"
+            ]
+        );
         assert_eq!(hits[0].causes[1].internal.source, Some(history[1].source));
-        assert_eq!(hits[0].causes[1].internal.facility_code.as_deref(), Some("4510000002"));
+        assert_eq!(
+            hits[0].causes[1].internal.facility_code.as_deref(),
+            Some("4510000002")
+        );
         assert!(!hits[0].causes[0].reveal.within_this_prescription);
     }
 
     #[test]
     fn exclude_own_facility() {
-        let new = [new_line(0, "アムロジピン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL))];
-        let mut other = hist("アムロジン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(2), 28);
+        let new = [new_line(
+            0,
+            "アムロジピン錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+        )];
+        let mut other = hist(
+            "アムロジン錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+            ago(2),
+            28,
+        );
         other.facility_code = "4510000002".to_owned();
-        let own = hist("ノルバスク錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(1), 28);
+        let own = hist(
+            "ノルバスク錠５ｍｇ",
+            ing(&["アムロジピンベシル酸塩"], ORAL),
+            ago(1),
+            28,
+        );
         let history = [own, other];
         let mut o = Options {
             own_facility: Some("1310000001".to_owned()),
@@ -787,15 +960,36 @@ mod tests {
     #[test]
     fn contraindications_come_before_duplicates() {
         let new = [
-            new_line(0, "ノルバスク錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL)),
-            new_line(1, "バイアグラ錠５０ｍｇ", ing(&["シルデナフィルクエン酸塩"], ORAL)),
+            new_line(
+                0,
+                "ノルバスク錠５ｍｇ",
+                ing(&["アムロジピンベシル酸塩"], ORAL),
+            ),
+            new_line(
+                1,
+                "バイアグラ錠５０ｍｇ",
+                ing(&["シルデナフィルクエン酸塩"], ORAL),
+            ),
         ];
         let history = [
-            hist("アムロジン錠５ｍｇ", ing(&["アムロジピンベシル酸塩"], ORAL), ago(1), 28),
-            hist("ニトロペン舌下錠", ing(&["ニトログリセリン"], ORAL), ago(1), 14),
+            hist(
+                "アムロジン錠５ｍｇ",
+                ing(&["アムロジピンベシル酸塩"], ORAL),
+                ago(1),
+                28,
+            ),
+            hist(
+                "ニトロペン舌下錠",
+                ing(&["ニトログリセリン"], ORAL),
+                ago(1),
+                14,
+            ),
         ];
         let hits = run(&new, &history, &seed_pairs(), &opts());
-        let kinds: Vec<_> = hits.iter().map(|h| (h.hit_id.as_str(), h.kind, h.new_drug.rp)).collect();
+        let kinds: Vec<_> = hits
+            .iter()
+            .map(|h| (h.hit_id.as_str(), h.kind, h.new_drug.rp))
+            .collect();
         assert_eq!(
             kinds,
             [
@@ -810,46 +1004,32 @@ mod tests {
 
     #[test]
     fn new_lines_skips_materials_and_keeps_positions() {
-        let draft = serde_json::json!({
+        let usage = serde_json::json!({"code": null, "text": "1日1回", "times_per_day": 1});
+        let drug = |code: &str| {
+            serde_json::json!({"code_system": "yj", "code": code, "name": code, "dose": 1,
+                               "unit": "錠", "no_substitution": false})
+        };
+        let p: Prescription = serde_json::from_value(serde_json::json!({
             "issue_type": "electronic",
-            "patient": {"name": "山田 太郎", "sex": "male", "birth_date": "1970-01-01"},
-            "insurance": {"insurer_number": "06139991", "symbol": "1", "number": "2",
-                          "relationship": "insured", "branch": "01"},
-            "issued_on": "2025-07-16",
-            "rps": []
-        });
-        let Ok(mut p) = serde_json::from_value::<super::super::prescription::PrescriptionDraft>(draft)
-            .map_err(|e| e.to_string())
-            .and_then(|d| d.validate(today()).map_err(|e| format!("{e:?}")))
-        else {
-            // The draft shape belongs to prescription.rs; only the line mapping is tested here.
-            return;
-        };
-        let drug = |code: &str| Drug {
-            code_system: super::super::prescription::CodeSystem::Yj,
-            code: code.to_owned(),
-            name: code.to_owned(),
-            dose: super::super::prescription::Dose(1.into()),
-            unit: "錠".to_owned(),
-            no_substitution: false,
-        };
-        let rp = |form, drugs| super::super::prescription::Rp {
-            dosage_form: form,
-            quantity: 7,
-            usage: super::super::prescription::Usage {
-                code: None,
-                text: "1日1回".to_owned(),
-                times_per_day: Some(1),
-            },
-            drugs,
-        };
-        p.rps = vec![
-            rp(DosageForm::Material, vec![drug("M")]),
-            rp(DosageForm::Oral, vec![drug("A"), drug("B")]),
-        ];
+            "patient": {"name": "髙橋 𠮷子", "name_kana": null, "sex": "female", "birth_date": "1980-04-01"},
+            "insurance": {"insurer_number": "01130012", "symbol": "123", "number": "4567",
+                          "relationship": "insured", "branch": "01", "copay_rate": 30},
+            "public_expenses": [], "doctor": null, "department": null,
+            "issued_on": "2025-07-16", "valid_until": "2025-07-19", "refill_count": null, "remarks": null,
+            "rps": [
+                {"dosage_form": "material", "quantity": 1, "usage": usage, "drugs": [drug("M")]},
+                {"dosage_form": "oral", "quantity": 7, "usage": usage,
+                 "drugs": [drug("1124001F1022"), drug("2171022F1020")]}
+            ]
+        }))
+        .expect("prescription parses");
         let lines = new_lines(&p, |d| ing(&[d.code.as_str()], ORAL));
-        let got: Vec<_> = lines.iter().map(|l| (l.rp, l.drug, l.code.as_str(), l.quantity)).collect();
-        assert_eq!(got, [(1, 0, "A", 7), (1, 1, "B", 7)]);
-        assert_eq!(lines[1].ingredients, ing(&["B"], ORAL));
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l.rp, l.drug, l.code.as_str(), l.quantity))
+            .collect();
+        assert_eq!(got, [(1, 0, "1124001F1022", 7), (1, 1, "2171022F1020", 7)]);
+        assert_eq!(lines[1].ingredients, ing(&["2171022F1020"], ORAL));
+        assert_eq!(lines[1].dosage_form, DosageForm::Oral);
     }
 }

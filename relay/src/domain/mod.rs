@@ -2,6 +2,7 @@
 //! dispensing, and the drug master. Nothing here knows HTTP or SQL (see ARCHITECTURE.md).
 
 pub mod check_digit;
+pub mod checks;
 pub mod dispensing;
 pub mod document;
 pub mod eligibility;

@@ -672,6 +672,25 @@ impl PrescriptionDraft {
     }
 }
 
+/// RPs on their own (a standalone duplicate check), validated exactly as in a prescription.
+pub fn validate_rps(rps: &[RpDraft]) -> Result<Vec<Rp>, Vec<FieldError>> {
+    let mut e = FieldErrors::new();
+    if rps.is_empty() {
+        e.add("rps", "REQUIRED", "at least one RP is required");
+    }
+    let valid: Vec<Rp> = rps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rp)| validate_rp(&mut e, i, rp))
+        .collect();
+    e.finish(|| valid)
+}
+
+/// One [`DrugRef`] per drug line of validated RPs.
+pub fn rp_drug_refs(rps: &[Rp]) -> Vec<DrugRef> {
+    drug_refs(rps, |rp| &rp.drugs, |d| (d.code_system, &d.code))
+}
+
 fn validate_rp(e: &mut FieldErrors, i: usize, rp: &RpDraft) -> Option<Rp> {
     let before = e.len();
     let quantity = if (1..=999).contains(&rp.quantity) {
