@@ -2,6 +2,7 @@
 //! itself lives in `sql/`). Functions take a [`GenericClient`] so the caller decides the
 //! transaction; statements are prepared once per connection (`prepare_cached`).
 
+pub mod checks;
 pub mod disasters;
 pub mod events;
 pub mod facilities;

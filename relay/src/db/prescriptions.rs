@@ -575,3 +575,37 @@ pub async fn seen_at(
     .await?
     .get(0))
 }
+
+/// The patient's prescriptions issued since `since` that were not cancelled (the check history),
+/// under any of the identities with this birth date.
+pub async fn history(
+    c: &impl GenericClient,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+    since: Date,
+) -> Result<Vec<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions
+              WHERE {} AND birth_date = $5 AND issued_on >= $6 AND status <> 'cancelled'
+              ORDER BY issued_on DESC LIMIT 1000",
+            identity_in(1)
+        ))
+        .await?;
+    let a = IdentityArrays::new(identities);
+    c.query(
+        &stmt,
+        &[
+            &a.insurers,
+            &a.symbols,
+            &a.numbers,
+            &a.branches,
+            &birth_date,
+            &since,
+        ],
+    )
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::master::ContraindicationRecord;
-use super::prescription::{DosageForm, Drug, Prescription};
+use super::prescription::{DosageForm, Drug, Prescription, Rp};
 
 /// Days a history line counts when no medication period can be computed (外用, 頓服, 注射, 材料).
 pub const DEFAULT_WINDOW_DAYS: u32 = 14;
@@ -271,8 +271,13 @@ pub fn new_lines(
     p: &Prescription,
     ingredients_of: impl Fn(&Drug) -> Vec<Ingredient>,
 ) -> Vec<NewLine> {
+    rp_lines(&p.rps, ingredients_of)
+}
+
+/// [`new_lines`] for RPs on their own (a standalone check of a draft).
+pub fn rp_lines(rps: &[Rp], ingredients_of: impl Fn(&Drug) -> Vec<Ingredient>) -> Vec<NewLine> {
     let mut lines = Vec::new();
-    for (rp_index, rp) in p.rps.iter().enumerate() {
+    for (rp_index, rp) in rps.iter().enumerate() {
         if rp.dosage_form == DosageForm::Material {
             continue;
         }

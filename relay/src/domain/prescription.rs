@@ -69,7 +69,7 @@ impl DosageForm {
 }
 
 /// Which code list a drug code comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeSystem {
     /// レセ電コード: 9 digits starting with 6.

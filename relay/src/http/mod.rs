@@ -1,6 +1,7 @@
 //! The HTTP boundary: routes, extractors and JSON shapes. The only module that knows status codes.
 
 pub mod admin;
+pub mod checks;
 pub mod documents;
 pub mod error;
 pub mod extract;
@@ -40,6 +41,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(admin::declare_disaster)
     .service(admin::list_disasters)
     .service(admin::end_disaster)
+    .service(checks::create)
+    .service(checks::get_one)
+    .service(checks::verbal_consent)
+    .service(checks::override_hits)
     .service(qualifications::card)
     .service(qualifications::fallback)
     .service(qualifications::get_one)

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, documents, health, prescriptions, qualifications};
+use super::{admin, checks, documents, health, prescriptions, qualifications};
 
 const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
 exclusively by 引換番号 plus the insurance identity.
@@ -47,6 +47,10 @@ error the key may be used again.
         admin::declare_disaster,
         admin::list_disasters,
         admin::end_disaster,
+        checks::create,
+        checks::get_one,
+        checks::verbal_consent,
+        checks::override_hits,
         qualifications::card,
         qualifications::fallback,
         qualifications::get_one,
@@ -68,6 +72,7 @@ error the key may be used again.
     tags(
         (name = "prescriptions", description = "clinic side"),
         (name = "dispensing", description = "pharmacy side"),
+        (name = "checks", description = "重複投薬・併用禁忌: consent-gated details, 口頭同意, override"),
         (name = "eligibility", description = "資格確認: the card path, the fallback ladder, disaster mode"),
         (name = "documents", description = "SJ1 CSV, the 控え and the paper prescription"),
         (name = "admin", description = "registries (role admin)"),

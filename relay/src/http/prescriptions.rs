@@ -426,7 +426,7 @@ fn reason(body: &ReasonBody) -> Result<String, ApiError> {
     Ok(r.to_string())
 }
 
-fn identity_of(k: &InsuredKey, prefix: &str, e: &mut FieldErrors) -> Option<InsuranceIdentity> {
+pub fn identity_of(k: &InsuredKey, prefix: &str, e: &mut FieldErrors) -> Option<InsuranceIdentity> {
     let insurer = e.take(
         format!("{prefix}.insurer_number"),
         InsurerNumber::parse(&k.insurer_number),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod checks;
 mod documents;
 mod eligibility;
 mod health;
