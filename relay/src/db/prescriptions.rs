@@ -473,11 +473,33 @@ pub async fn outstanding_for(
     identities: &[InsuranceIdentity],
     birth_date: Date,
 ) -> Result<Vec<Record>, DbError> {
+    let since = jiff::civil::date(1900, 1, 1);
+    of_patient(
+        c,
+        identities,
+        birth_date,
+        since,
+        "status IN ('registered', 'dispensing')",
+        200,
+    )
+    .await
+}
+
+/// The patient's prescriptions under any of `identities` with this birth date, issued since
+/// `since` and matching `condition` (SQL over the row), newest first.
+async fn of_patient(
+    c: &impl GenericClient,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+    since: Date,
+    condition: &str,
+    limit: i64,
+) -> Result<Vec<Record>, DbError> {
     let stmt = c
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM prescriptions
-              WHERE {} AND birth_date = $5 AND status IN ('registered', 'dispensing')
-              ORDER BY issued_on DESC, created_at DESC LIMIT 200",
+              WHERE {} AND birth_date = $5 AND issued_on >= $6 AND {condition}
+              ORDER BY issued_on DESC, created_at DESC LIMIT {limit}",
             identity_in(1)
         ))
         .await?;
@@ -490,6 +512,7 @@ pub async fn outstanding_for(
             &a.numbers,
             &a.branches,
             &birth_date,
+            &since,
         ],
     )
     .await?
@@ -584,28 +607,13 @@ pub async fn history(
     birth_date: Date,
     since: Date,
 ) -> Result<Vec<Record>, DbError> {
-    let stmt = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM prescriptions
-              WHERE {} AND birth_date = $5 AND issued_on >= $6 AND status <> 'cancelled'
-              ORDER BY issued_on DESC LIMIT 1000",
-            identity_in(1)
-        ))
-        .await?;
-    let a = IdentityArrays::new(identities);
-    c.query(
-        &stmt,
-        &[
-            &a.insurers,
-            &a.symbols,
-            &a.numbers,
-            &a.branches,
-            &birth_date,
-            &since,
-        ],
+    of_patient(
+        c,
+        identities,
+        birth_date,
+        since,
+        "status <> 'cancelled'",
+        1000,
     )
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    .await
 }
