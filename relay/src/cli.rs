@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::{Role, parse_ttl};
 use crate::config::Settings;
+use crate::contraindication_import::{DEFAULT_TABLE, Mode, TableName};
 use crate::domain::identifiers::FacilityCode;
 use crate::registry_import::{self, ImportError};
 use crate::seed::{self, MasterFiles};
@@ -85,20 +86,49 @@ pub enum SeedCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MasterCommand {
-    /// Replace the given tables in one transaction.
+    /// Import master files in one transaction and print a JSON report.
     ///
-    /// Example: relay master import --yakka ../shared/data/mhlw-yakka-list-20250716.csv
-    ///          --contraindications ../shared/data/contraindications-seed.csv --receipt y.csv
+    /// Each given file replaces its table: --yakka the drug master, --receipt the レセ電 master,
+    /// --contraindications the pairs of one named contraindication table (--table, default
+    /// `seed`); other contraindication tables are left alone, and the check engine uses the pairs
+    /// of all tables. With --add the file's pairs are added to the table instead, skipping those
+    /// it already has (A × B and B × A are one pair). Every file is parsed before the database is
+    /// touched, and a bad file (errors name the line and the column) changes nothing.
+    ///
+    /// The report (JSON on stdout, a summary on stderr) counts the pairs read, added, already
+    /// present, repeated in the file and removed, and lists the ingredient names found nowhere in
+    /// the drug master with the lines they are on: a warning, not an error, since a licensed
+    /// table may be ahead of the master.
+    ///
+    /// Examples:
+    ///
+    ///   relay master import --yakka ../shared/data/mhlw-yakka-list-20250716.csv
+    ///       --contraindications ../shared/data/contraindications-seed.csv --receipt y.csv
+    ///
+    ///   relay master import --contraindications vendor-2026-11.csv --table vendor-2026-11
+    ///
+    ///   relay master import --contraindications additions.csv --table vendor-2026-11 --add --dry-run
+    #[command(verbatim_doc_comment)]
     Import {
         /// MHLW 薬価基準収載品目リスト (UTF-8 CSV with its header row).
         #[arg(long)]
         yakka: Option<PathBuf>,
-        /// 併用禁忌 pairs: ingredient_a,route_a,ingredient_b,route_b,basis (UTF-8, header).
+        /// 併用禁忌 pairs: ingredient_a,route_a,ingredient_b,route_b,basis (UTF-8, header; route
+        /// 内用薬, 注射薬, 外用薬, 歯科用薬剤 or * for any).
         #[arg(long)]
         contraindications: Option<PathBuf>,
+        /// The contraindication table to replace or add to: a-z, 0-9, `.`, `_`, `-`.
+        #[arg(long, value_name = "NAME", default_value = DEFAULT_TABLE, requires = "contraindications")]
+        table: TableName,
+        /// Add the file's pairs to the table instead of replacing its pairs.
+        #[arg(long, requires = "contraindications")]
+        add: bool,
         /// レセ電 医薬品マスター y.csv (Shift_JIS, no header, official column order).
         #[arg(long)]
         receipt: Option<PathBuf>,
+        /// Import and report, then roll back: nothing is written.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -154,19 +184,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             let dir = data_dir.unwrap_or_else(|| settings.master.data_dir.clone());
             let report = seed::demo(&pool, &dir).await?;
+            let pairs = report.contraindications.as_ref();
             println!(
-                "demo seeded: {} facilities, {} staff, {} insured persons; master: {} drugs, {} ingredient rows, {} contraindication pairs",
+                "demo seeded: {} facilities, {} staff, {} insured persons; master: {} drugs, {} ingredient rows, {} contraindication pairs (table {})",
                 seed::demo_facilities().len(),
                 seed::DEMO_STAFF.len(),
                 seed::demo_insured(crate::domain::time::today()).len(),
                 report.drugs,
                 report.ingredients,
-                report.contraindications
+                pairs.map_or(0, |c| c.stored),
+                DEFAULT_TABLE,
             );
-            if !report.unknown_ingredients.is_empty() {
+            let unknown = pairs.map_or(&[][..], |c| c.unknown_ingredients.as_slice());
+            if !unknown.is_empty() {
+                let names: Vec<String> = unknown
+                    .iter()
+                    .map(|u| format!("{} ({})", u.name, u.where_in_file()))
+                    .collect();
                 println!(
                     "contraindication ingredients not found in the drug master: {}",
-                    report.unknown_ingredients.join(", ")
+                    names.join(", ")
                 );
             }
         }
@@ -189,24 +226,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 MasterCommand::Import {
                     yakka,
                     contraindications,
+                    table,
+                    add,
                     receipt,
+                    dry_run,
                 },
         } => {
             if yakka.is_none() && contraindications.is_none() && receipt.is_none() {
                 anyhow::bail!("give at least one of --yakka, --contraindications, --receipt");
             }
             let pool = db::pool(&settings)?;
-            db::migrate(&pool).await?;
+            // A dry run writes nothing, not even the schema.
+            if !dry_run {
+                db::migrate(&pool).await?;
+            }
             let report = seed::import_master(
                 &pool,
                 &MasterFiles {
                     yakka,
                     contraindications,
                     receipt,
+                    contraindication_table: table,
+                    contraindication_mode: if add { Mode::Add } else { Mode::Replace },
+                    dry_run,
                 },
             )
-            .await?;
+            .await
+            .context("nothing was imported")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(c) = &report.contraindications {
+                eprintln!("{c}");
+            }
+            if dry_run {
+                eprintln!("dry run: rolled back, nothing was written");
+            }
         }
         Command::Insured {
             what: InsuredCommand::Import { file, dry_run },

@@ -30,6 +30,28 @@ pub struct Settings {
     pub documents: DocumentSettings,
     #[serde(default)]
     pub eligibility: EligibilitySettings,
+    #[serde(default)]
+    pub checks: ChecksSettings,
+}
+
+/// Duplicate/contraindication checks (domain.md §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ChecksSettings {
+    /// A verbal consent (口頭同意) reveals the causing drugs of its hits for this many minutes.
+    pub reveal_minutes: i64,
+    /// An override lets registrations and dispensings through for this many hours after its
+    /// check ran; later the doctor checks again.
+    pub override_valid_hours: i64,
+}
+
+impl Default for ChecksSettings {
+    fn default() -> Self {
+        Self {
+            reveal_minutes: 30,
+            override_valid_hours: 24,
+        }
+    }
 }
 
 /// 資格確認 rules an operator may need to change when MHLW moves a date.
@@ -225,6 +247,7 @@ impl Settings {
             log: LogSettings::default(),
             documents: DocumentSettings::default(),
             eligibility: EligibilitySettings::default(),
+            checks: ChecksSettings::default(),
         }
     }
 

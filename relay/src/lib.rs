@@ -5,11 +5,13 @@
 //! - [`db`]: every SQL statement, one module per table; returns domain values.
 //! - [`http`]: routes, extractors, JSON shapes and the only place that knows status codes.
 //! - [`auth`]: signing keys, JWT minting and verification, JWKS.
-//! - [`startup`], [`config`], [`telemetry`], [`cli`], [`seed`]: process plumbing.
+//! - [`startup`], [`config`], [`telemetry`], [`cli`], [`seed`]: process plumbing;
+//!   [`registry_import`], [`contraindication_import`]: the CSV imports behind the commands.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod contraindication_import;
 pub mod db;
 pub mod documents;
 pub mod domain;

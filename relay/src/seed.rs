@@ -1,12 +1,15 @@
-//! `relay master import` and `relay seed demo`: the drug master from the MHLW list, the
-//! contraindication table, an optional レセ電 医薬品マスター, and the demo registry.
+//! `relay master import` and `relay seed demo`: the drug master from the MHLW list, a named
+//! contraindication table (`contraindication_import`), an optional レセ電 医薬品マスター, and the
+//! demo registry.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use jiff::ToSpan;
 use jiff::civil::{Date, date};
+use serde::Serialize;
 
+use crate::contraindication_import::{self, Mode, TableName};
 use crate::db::{self, Pool, facilities, insured, master, staff};
 use crate::domain::facility::{CardDraft, Facility, HeldDocument, InsuredPerson};
 use crate::domain::identifiers::{
@@ -16,7 +19,8 @@ use crate::domain::identifiers::{
 use crate::domain::master as parse;
 use crate::domain::prescription::Sex;
 
-/// Files for `relay master import`; each is optional, and what is given replaces its table.
+/// Files for `relay master import`; each is optional. What is given replaces its table — for the
+/// contraindications, the named table [`MasterFiles::contraindication_table`], or adds to it.
 #[derive(Debug, Default, Clone)]
 pub struct MasterFiles {
     /// MHLW 薬価基準収載品目リスト (UTF-8 CSV with header).
@@ -25,29 +29,45 @@ pub struct MasterFiles {
     pub contraindications: Option<PathBuf>,
     /// レセプト電算処理システム 医薬品マスター `y.csv` (Shift_JIS, no header).
     pub receipt: Option<PathBuf>,
+    /// The contraindication table the pairs go to (default `seed`).
+    pub contraindication_table: TableName,
+    /// Replace that table's pairs (default) or add the new ones.
+    pub contraindication_mode: Mode,
+    /// Import and report, then roll back.
+    pub dry_run: bool,
 }
 
 impl MasterFiles {
-    /// The two files shipped in `shared/data`.
+    /// The two files shipped in `shared/data`; the pairs go to table `seed`.
     pub fn from_data_dir(dir: &Path) -> Self {
         Self {
             yakka: Some(dir.join("mhlw-yakka-list-20250716.csv")),
             contraindications: Some(dir.join("contraindications-seed.csv")),
-            receipt: None,
+            contraindication_table: TableName::default(),
+            ..Self::default()
         }
     }
+}
+
+/// What `relay master import` changed (in a dry run: would have changed). The counts of a file
+/// not given are 0, its report `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    pub drugs: usize,
+    pub ingredients: usize,
+    pub receipt_drugs: usize,
+    pub contraindications: Option<contraindication_import::Report>,
+    /// Everything was rolled back.
+    pub dry_run: bool,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Parses every given file first, then replaces the tables in one transaction: a bad file
-/// changes nothing.
-pub async fn import_master(
-    pool: &Pool,
-    files: &MasterFiles,
-) -> anyhow::Result<master::ImportReport> {
+/// Parses every given file first, then replaces the tables (adds to the contraindication table in
+/// [`Mode::Add`]) in one transaction: a bad file changes nothing.
+pub async fn import_master(pool: &Pool, files: &MasterFiles) -> anyhow::Result<ImportReport> {
     let drugs = match &files.yakka {
         Some(p) => Some(
             parse::parse_yakka_list(read(p)?.as_slice())
@@ -57,7 +77,7 @@ pub async fn import_master(
     };
     let pairs = match &files.contraindications {
         Some(p) => Some(
-            parse::parse_contraindications(read(p)?.as_slice())
+            contraindication_import::parse(&read(p)?)
                 .with_context(|| format!("in {}", p.display()))?,
         ),
         None => None,
@@ -71,20 +91,34 @@ pub async fn import_master(
     };
     let mut client = pool.get().await.map_err(db::DbError::from)?;
     let tx = client.transaction().await?;
-    let mut report = master::ImportReport::default();
+    let mut report = ImportReport {
+        dry_run: files.dry_run,
+        ..ImportReport::default()
+    };
     if let Some(d) = &drugs {
         report.drugs = master::replace_drugs(&tx, d).await?;
         report.ingredients = master::ingredient_count(&tx).await? as usize;
     }
+    // After the drugs, so unknown ingredient names are judged against the new master.
     if let Some(p) = &pairs {
-        let (n, unknown) = master::replace_contraindications(&tx, p).await?;
-        report.contraindications = n;
-        report.unknown_ingredients = unknown;
+        report.contraindications = Some(
+            contraindication_import::import(
+                &tx,
+                &files.contraindication_table,
+                files.contraindication_mode,
+                p,
+            )
+            .await?,
+        );
     }
     if let Some(r) = &receipt {
         report.receipt_drugs = master::replace_receipt_drugs(&tx, r).await?;
     }
-    tx.commit().await?;
+    if files.dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
     Ok(report)
 }
 
@@ -306,8 +340,9 @@ pub fn demo_insured(today: Date) -> Vec<InsuredPerson> {
     ]
 }
 
-/// Idempotent: upserts facilities and staff, adds insured persons once, reloads the master.
-pub async fn demo(pool: &Pool, data_dir: &Path) -> anyhow::Result<master::ImportReport> {
+/// Idempotent: upserts facilities and staff, adds insured persons once, reloads the master (the
+/// contraindication seed into table `seed`; other tables are left alone).
+pub async fn demo(pool: &Pool, data_dir: &Path) -> anyhow::Result<ImportReport> {
     let client = pool.get().await.map_err(db::DbError::from)?;
     for f in demo_facilities() {
         facilities::upsert(&client, &f).await?;

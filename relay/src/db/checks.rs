@@ -72,8 +72,12 @@ pub struct StoredCheck {
     pub id: Uuid,
     pub at: Timestamp,
     pub facility_code: String,
+    pub staff_id: String,
     pub context: String,
     pub qualification_id: Option<Uuid>,
+    pub person_id: Option<Uuid>,
+    pub identity: Option<InsuranceIdentity>,
+    pub birth_date: Date,
     pub outcome: String,
     pub details_visible: bool,
     pub drug_codes: Vec<String>,
@@ -85,7 +89,8 @@ pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<StoredCheck>
     let stmt = c
         .prepare_cached(
             "SELECT id, at, facility_code, context, qualification_id, outcome, details_visible,
-                    drug_codes, hits, unavailable_reason
+                    drug_codes, hits, unavailable_reason, staff_id, person_id, birth_date,
+                    insurer_number, symbol, number, branch
                FROM checks WHERE id = $1",
         )
         .await?;
@@ -93,12 +98,28 @@ pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<StoredCheck>
         return Ok(None);
     };
     let hits: serde_json::Value = r.get(8);
+    let identity = match (
+        r.get::<_, Option<&str>>(13),
+        r.get::<_, Option<&str>>(14),
+        r.get::<_, Option<&str>>(15),
+        r.get::<_, Option<&str>>(16),
+    ) {
+        (Some(i), Some(s), Some(n), Some(b)) => Some(
+            InsuranceIdentity::parse(i, s, n, b)
+                .map_err(|_| DbError::Corrupt(format!("check {id}: unreadable identity")))?,
+        ),
+        _ => None,
+    };
     Ok(Some(StoredCheck {
         id: r.get(0),
         at: r.get(1),
         facility_code: r.get(2),
+        staff_id: r.get(10),
         context: r.get(3),
         qualification_id: r.get(4),
+        person_id: r.get(11),
+        identity,
+        birth_date: r.get(12),
         outcome: r.get(5),
         details_visible: r.get(6),
         drug_codes: r.get(7),

@@ -1,14 +1,16 @@
 //! SQL for the drug master tables (`drugs`, `drug_ingredients`, `receipt_drugs`,
-//! `contraindications`, created by `sql/V2__drug_master.sql`). No other module touches them.
+//! `contraindications`, created by `sql/V2__drug_master.sql`; named contraindication tables by
+//! `sql/V6__contraindication_tables.sql`). No other module touches them.
 //!
-//! The `replace_*` functions take the caller's `tokio_postgres::Transaction` (a
-//! `deadpool_postgres::Transaction` derefs to one), so a whole import commits or rolls back at once
-//! and readers keep seeing the previous master until then. Each table is written with one
-//! `INSERT … SELECT * FROM UNNEST(…)`: a yakka list is ~12,000 rows and row-by-row inserts would
-//! cost a round trip each. The lookups take the crate's [`GenericClient`] (a pooled client or a
-//! transaction) and use `prepare_cached`.
+//! The writing functions (`replace_*`, and `delete_`/`insert_contraindications`) take the caller's
+//! `tokio_postgres::Transaction` (a `deadpool_postgres::Transaction` derefs to one), so a whole
+//! import commits or rolls back at once and readers keep seeing the previous master until then.
+//! Each table is written with one `INSERT … SELECT … FROM UNNEST(…)`: a yakka list is ~12,000 rows
+//! and row-by-row inserts would cost a round trip each. The lookups take the crate's
+//! [`GenericClient`] (a pooled client or a transaction) and use `prepare_cached`.
 
 use std::collections::HashSet;
+use std::collections::hash_map::{Entry, HashMap};
 
 use deadpool_postgres::GenericClient;
 use rust_decimal::Decimal;
@@ -17,18 +19,6 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Transaction};
 
 use crate::domain::master::{ContraindicationRecord, DrugRecord, ReceiptDrugRecord, Route};
-
-/// What an import changed, for the `relay master import` output.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ImportReport {
-    pub drugs: usize,
-    pub ingredients: usize,
-    pub contraindications: usize,
-    pub receipt_drugs: usize,
-    /// Contraindication ingredient names found in no `drug_ingredients` row: a spelling that
-    /// differs from the yakka list's 成分名 would silently never match, so the import shows them.
-    pub unknown_ingredients: Vec<String>,
-}
 
 /// One ingredient of a product, with the route duplicates are compared under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -95,60 +85,152 @@ pub async fn replace_drugs(tx: &Transaction<'_>, records: &[DrugRecord]) -> Resu
     Ok(count(drugs))
 }
 
-/// Replaces the 併用禁忌 table. Duplicate pairs (same names and routes, `*` = `*`) keep the first.
-/// Returns the number of pairs stored and, sorted, the names that match no ingredient in
-/// `drug_ingredients` — so run it after [`replace_drugs`] when both are imported together.
-pub async fn replace_contraindications(
-    tx: &Transaction<'_>,
-    records: &[ContraindicationRecord],
-) -> Result<(usize, Vec<String>), Error> {
-    let mut seen = HashSet::with_capacity(records.len());
-    let unique: Vec<&ContraindicationRecord> = records
-        .iter()
-        .filter(|r| {
-            seen.insert((
-                r.ingredient_a.as_str(),
-                r.route_a,
-                r.ingredient_b.as_str(),
-                r.route_b,
-            ))
-        })
-        .collect();
+/// A 併用禁忌 pair without its order: `A × B` and `B × A` (each route staying with its
+/// ingredient, `None` = any route) are one pair, within a table and across tables.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey([(String, Option<Route>); 2]);
 
-    tx.execute("DELETE FROM contraindications", &[]).await?;
-    let a: Vec<&str> = unique.iter().map(|r| r.ingredient_a.as_str()).collect();
-    let route_a: Vec<Option<&str>> = unique
+impl PairKey {
+    pub fn of(pair: &ContraindicationRecord) -> Self {
+        let a = (pair.ingredient_a.clone(), pair.route_a);
+        let b = (pair.ingredient_b.clone(), pair.route_b);
+        if a <= b {
+            PairKey([a, b])
+        } else {
+            PairKey([b, a])
+        }
+    }
+}
+
+/// Takes the `contraindications` table for an import until the transaction ends: a concurrent
+/// import waits (so its "already present" is computed after this one commits), readers do not.
+pub async fn lock_contraindications(tx: &Transaction<'_>) -> Result<(), Error> {
+    tx.batch_execute("LOCK TABLE contraindications IN SHARE ROW EXCLUSIVE MODE")
+        .await
+}
+
+/// The pairs of one named table, in import order.
+pub async fn contraindications_of_table(
+    client: &impl GenericClient,
+    table: &str,
+) -> Result<Vec<ContraindicationRecord>, Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT ingredient_a, route_a, ingredient_b, route_b, basis FROM contraindications \
+             WHERE table_name = $1 ORDER BY id",
+        )
+        .await?;
+    client
+        .query(&stmt, &[&table])
+        .await?
+        .iter()
+        .map(contraindication)
+        .collect()
+}
+
+/// The pairs of every table but one, for telling which pairs of an import other tables list too.
+pub async fn contraindications_of_other_tables(
+    client: &impl GenericClient,
+    table: &str,
+) -> Result<Vec<ContraindicationRecord>, Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT ingredient_a, route_a, ingredient_b, route_b, basis FROM contraindications \
+             WHERE table_name <> $1 ORDER BY id",
+        )
+        .await?;
+    client
+        .query(&stmt, &[&table])
+        .await?
+        .iter()
+        .map(contraindication)
+        .collect()
+}
+
+/// Deletes every pair of one named table; returns how many there were.
+pub async fn delete_contraindication_table(
+    tx: &Transaction<'_>,
+    table: &str,
+) -> Result<usize, Error> {
+    let deleted = tx
+        .execute(
+            "DELETE FROM contraindications WHERE table_name = $1",
+            &[&table],
+        )
+        .await?;
+    Ok(count(deleted))
+}
+
+/// Adds pairs to a named table, in the given order. The caller leaves out pairs the table
+/// already has (in either order, see [`PairKey`]); the unique index refuses the same order.
+pub async fn insert_contraindications(
+    tx: &Transaction<'_>,
+    table: &str,
+    records: &[&ContraindicationRecord],
+) -> Result<usize, Error> {
+    let a: Vec<&str> = records.iter().map(|r| r.ingredient_a.as_str()).collect();
+    let route_a: Vec<Option<&str>> = records
         .iter()
         .map(|r| r.route_a.map(Route::as_str))
         .collect();
-    let b: Vec<&str> = unique.iter().map(|r| r.ingredient_b.as_str()).collect();
-    let route_b: Vec<Option<&str>> = unique
+    let b: Vec<&str> = records.iter().map(|r| r.ingredient_b.as_str()).collect();
+    let route_b: Vec<Option<&str>> = records
         .iter()
         .map(|r| r.route_b.map(Route::as_str))
         .collect();
-    let basis: Vec<&str> = unique.iter().map(|r| r.basis.as_str()).collect();
+    let basis: Vec<&str> = records.iter().map(|r| r.basis.as_str()).collect();
+    // WITH ORDINALITY keeps the file order in the ids, which is the read order.
     let stored = tx
         .execute(
-            "INSERT INTO contraindications (ingredient_a, route_a, ingredient_b, route_b, basis) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
-            &[&a, &route_a, &b, &route_b, &basis],
+            "INSERT INTO contraindications \
+                 (table_name, ingredient_a, route_a, ingredient_b, route_b, basis) \
+             SELECT $1::text, a, ra, b, rb, basis \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                  WITH ORDINALITY AS u(a, ra, b, rb, basis, n) \
+             ORDER BY n",
+            &[&table, &a, &route_a, &b, &route_b, &basis],
         )
         .await?;
+    Ok(count(stored))
+}
 
-    let names: Vec<&str> = a.iter().chain(&b).copied().collect();
-    let unknown = tx
-        .query(
+/// Of `names`, those found in no `drug_ingredients` row, sorted and each once: a spelling that
+/// differs from the yakka list's 成分名 would silently never match.
+pub async fn unknown_ingredients(
+    client: &impl GenericClient,
+    names: &[&str],
+) -> Result<Vec<String>, Error> {
+    let stmt = client
+        .prepare_cached(
             "SELECT DISTINCT u.name FROM UNNEST($1::text[]) AS u(name) \
              WHERE NOT EXISTS (SELECT 1 FROM drug_ingredients di WHERE di.ingredient = u.name) \
              ORDER BY u.name",
-            &[&names],
         )
+        .await?;
+    client
+        .query(&stmt, &[&names])
         .await?
         .iter()
         .map(|row| row.try_get::<_, String>(0))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
 
-    Ok((count(stored), unknown))
+/// Every named contraindication table with its number of pairs, by name.
+pub async fn contraindication_tables(
+    client: &impl GenericClient,
+) -> Result<Vec<(String, i64)>, Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT table_name, count(*) FROM contraindications \
+             GROUP BY table_name ORDER BY table_name",
+        )
+        .await?;
+    client
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// Replaces the レセ電 医薬品マスター. Duplicate 医薬品コード keep the first. Returns the rows stored.
@@ -242,7 +324,7 @@ pub async fn drug_count(client: &impl GenericClient) -> Result<i64, Error> {
     client.query_one(&stmt, &[]).await?.try_get(0)
 }
 
-/// Rows in `drug_ingredients`, for [`ImportReport::ingredients`].
+/// Rows in `drug_ingredients`, for [`crate::seed::ImportReport::ingredients`].
 pub async fn ingredient_count(client: &impl GenericClient) -> Result<i64, Error> {
     let stmt = client
         .prepare_cached("SELECT count(*) FROM drug_ingredients")
@@ -313,8 +395,9 @@ pub async fn ingredients_of_receipt_codes(
     .await
 }
 
-/// Every 併用禁忌 pair naming any of `ingredients` on either side; route matching and which side
-/// is the new drug are the caller's rules.
+/// Every 併用禁忌 pair naming any of `ingredients` on either side, from all named tables; route
+/// matching and which side is the new drug are the caller's rules. A pair several tables list (in
+/// either order) comes back once: see [`merge_tables`].
 pub async fn contraindications_involving(
     client: &impl GenericClient,
     ingredients: &[&str],
@@ -325,20 +408,48 @@ pub async fn contraindications_involving(
              WHERE ingredient_a = ANY($1::text[]) OR ingredient_b = ANY($1::text[]) ORDER BY id",
         )
         .await?;
-    let rows = client.query(&stmt, &[&ingredients]).await?;
-    let mut out = Vec::with_capacity(rows.len());
+    let rows = client
+        .query(&stmt, &[&ingredients])
+        .await?
+        .iter()
+        .map(contraindication)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(merge_tables(rows))
+}
+
+/// One record per [`PairKey`], at the place and in the order of its first row (import order);
+/// its basis is the first non-empty one, so a table without 根拠 does not blank another's.
+fn merge_tables(rows: Vec<ContraindicationRecord>) -> Vec<ContraindicationRecord> {
+    let mut at: HashMap<PairKey, usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<ContraindicationRecord> = Vec::with_capacity(rows.len());
     for row in rows {
-        let route_a: Option<&str> = row.try_get(1)?;
-        let route_b: Option<&str> = row.try_get(3)?;
-        out.push(ContraindicationRecord {
-            ingredient_a: row.try_get(0)?,
-            route_a: route_a.and_then(|r| r.parse().ok()),
-            ingredient_b: row.try_get(2)?,
-            route_b: route_b.and_then(|r| r.parse().ok()),
-            basis: row.try_get(4)?,
-        });
+        match at.entry(PairKey::of(&row)) {
+            Entry::Occupied(e) => {
+                let kept = &mut out[*e.get()];
+                if kept.basis.is_empty() {
+                    kept.basis = row.basis;
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(row);
+            }
+        }
     }
-    Ok(out)
+    out
+}
+
+fn contraindication(row: &tokio_postgres::Row) -> Result<ContraindicationRecord, Error> {
+    let route_a: Option<&str> = row.try_get(1)?;
+    let route_b: Option<&str> = row.try_get(3)?;
+    Ok(ContraindicationRecord {
+        ingredient_a: row.try_get(0)?,
+        // The CHECK constraints admit only the four route words.
+        route_a: route_a.and_then(|r| r.parse().ok()),
+        ingredient_b: row.try_get(2)?,
+        route_b: route_b.and_then(|r| r.parse().ok()),
+        basis: row.try_get(4)?,
+    })
 }
 
 async fn exists(
@@ -380,4 +491,54 @@ fn generic_prefix(code: &str) -> Option<&str> {
 
 fn count(rows: u64) -> usize {
     usize::try_from(rows).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(a: &str, route_a: Option<Route>, b: &str, basis: &str) -> ContraindicationRecord {
+        ContraindicationRecord {
+            ingredient_a: a.to_owned(),
+            route_a,
+            ingredient_b: b.to_owned(),
+            route_b: None,
+            basis: basis.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_pair_has_no_order_but_keeps_its_routes() {
+        let oral = Some(Route::Oral);
+        let ab = pair("Ａ", oral, "Ｂ", "");
+        let mut ba = pair("Ｂ", None, "Ａ", "");
+        ba.route_b = oral;
+        assert_eq!(PairKey::of(&ab), PairKey::of(&ba));
+        assert_ne!(PairKey::of(&ab), PairKey::of(&pair("Ａ", None, "Ｂ", "")));
+        assert_ne!(PairKey::of(&ab), PairKey::of(&pair("Ｂ", oral, "Ａ", "")));
+    }
+
+    #[test]
+    fn tables_merge_into_one_listing_per_pair() {
+        let oral = Some(Route::Oral);
+        let mut ba = pair("Ｂ", None, "Ａ", "vendor basis");
+        ba.route_b = oral;
+        let rows = vec![
+            pair("Ａ", oral, "Ｂ", ""),
+            pair("Ｃ", None, "Ｄ", "seed basis"),
+            ba,
+            pair("Ｄ", None, "Ｃ", "other basis"),
+            pair("Ａ", None, "Ｂ", ""),
+        ];
+        let merged = merge_tables(rows);
+        assert_eq!(
+            merged,
+            [
+                // The first listing, with the first basis that is not empty.
+                pair("Ａ", oral, "Ｂ", "vendor basis"),
+                pair("Ｃ", None, "Ｄ", "seed basis"),
+                pair("Ａ", None, "Ｂ", ""),
+            ]
+        );
+    }
 }

@@ -37,12 +37,23 @@ pub struct Record {
     pub updated_at: Timestamp,
     /// The qualification the current holder received it with.
     pub qualification_id: Option<Uuid>,
+    /// The check run inside registration and what let it through.
+    pub check: CheckLink,
+}
+
+/// The duplicate/contraindication check run inside a registration or a dispensing, the override
+/// that covered its hits, and whether an unavailable check was acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckLink {
+    pub check_id: Option<Uuid>,
+    pub override_check_id: Option<Uuid>,
+    pub unavailable_acknowledged: bool,
 }
 
 const COLUMNS: &str = "id, issuer_code, issued_by, issue_type, status, exchange_number, issued_on,
     refill_count, valid_until, uses_dispensed, next_refill_date, document, holder_code, held_since,
     cancellation_pending, cancellation_reason, cancelled_at, has_important_note, created_at, updated_at,
-    qualification_id";
+    qualification_id, check_id, override_check_id, check_unavailable_acknowledged";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
     let issue_type: String = row.get(3);
@@ -78,6 +89,11 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
         created_at: row.get(18),
         updated_at: row.get(19),
         qualification_id: row.get(20),
+        check: CheckLink {
+            check_id: row.get(21),
+            override_check_id: row.get(22),
+            unavailable_acknowledged: row.get(23),
+        },
     })
 }
 
@@ -90,13 +106,15 @@ pub async fn insert(
     issued_by: &str,
     p: &Prescription,
     exchange_number: &ExchangeNumber,
+    check: CheckLink,
 ) -> Result<Option<Record>, DbError> {
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO prescriptions (id, issuer_code, issued_by, issue_type, status, exchange_number,
                  insurer_number, symbol, number, branch, birth_date, issued_on, valid_until,
-                 refill_count, document)
-             VALUES ($1, $2, $3, $4, 'registered', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 refill_count, document, check_id, override_check_id, check_unavailable_acknowledged)
+             VALUES ($1, $2, $3, $4, 'registered', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                     $15, $16, $17)
              ON CONFLICT (insurer_number, symbol, number, branch, exchange_number)
                  WHERE status IN ('registered', 'dispensing') DO NOTHING
              RETURNING {COLUMNS}"
@@ -123,6 +141,9 @@ pub async fn insert(
                 &p.valid_until,
                 &refill,
                 &document,
+                &check.check_id,
+                &check.override_check_id,
+                &check.unavailable_acknowledged,
             ],
         )
         .await?;
@@ -330,18 +351,34 @@ pub async fn set_released(c: &impl GenericClient, id: Uuid) -> Result<(), DbErro
     Ok(())
 }
 
+/// A dispensing result about to be recorded, with who recorded it and what the prescription
+/// becomes.
+pub struct NewDispensing<'a> {
+    pub pharmacy: &'a str,
+    pub pharmacist: &'a str,
+    pub dispensing: &'a Dispensing,
+    pub next_status: Status,
+    /// The claim basis of the qualification it was received under.
+    pub claim: Option<&'a Claim>,
+    pub check: CheckLink,
+}
+
 /// Records a dispensing result and moves the prescription on: to `dispensed` after its last use,
 /// back to `registered` (no holder) while refill uses remain, or to `cancelled` when a cancellation
 /// was pending and uses remained.
 pub async fn record_dispensing(
     c: &impl GenericClient,
     record: &Record,
-    pharmacy: &str,
-    pharmacist: &str,
-    d: &Dispensing,
-    next_status: Status,
-    claim: Option<&Claim>,
+    n: NewDispensing<'_>,
 ) -> Result<i16, DbError> {
+    let NewDispensing {
+        pharmacy,
+        pharmacist,
+        dispensing: d,
+        next_status,
+        claim,
+        check,
+    } = n;
     let use_number = record.validity.uses_dispensed + 1;
     let items = serde_json::to_value(&d.items).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let inquiry = d
@@ -358,8 +395,8 @@ pub async fn record_dispensing(
         .prepare_cached(
             "INSERT INTO dispensings (prescription_id, use_number, pharmacy_code, pharmacist,
                  dispensed_on, items, inquiry, important_note, next_refill_date, qualification_id,
-                 claim)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 claim, check_id, override_check_id, check_unavailable_acknowledged)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .await?;
     c.execute(
@@ -376,6 +413,9 @@ pub async fn record_dispensing(
             &d.next_refill_date,
             &record.qualification_id,
             &claim,
+            &check.check_id,
+            &check.override_check_id,
+            &check.unavailable_acknowledged,
         ],
     )
     .await?;
@@ -421,6 +461,47 @@ pub struct DispensingRecord {
     /// dispensing pharmacy only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// The duplicate/contraindication check run inside this dispensing.
+    pub check_id: Option<Uuid>,
+    /// The override (the prescriber's, or the pharmacist's record of a 疑義照会) that let it through.
+    pub override_check_id: Option<Uuid>,
+}
+
+const DISPENSING_COLUMNS: &str = "prescription_id, use_number, pharmacy_code, pharmacist,
+    dispensed_on, items, inquiry, important_note, next_refill_date, recorded_at, claim, check_id,
+    override_check_id";
+
+fn dispensing_from_row(r: &tokio_postgres::Row) -> Result<(Uuid, DispensingRecord), DbError> {
+    let prescription_id: Uuid = r.get(0);
+    let corrupt = |_| DbError::Corrupt(format!("dispensing of {prescription_id}"));
+    let items: serde_json::Value = r.get(5);
+    let inquiry: Option<serde_json::Value> = r.get(6);
+    Ok((
+        prescription_id,
+        DispensingRecord {
+            use_number: r.get(1),
+            pharmacy_code: r.get(2),
+            pharmacist: r.get(3),
+            dispensing: Dispensing {
+                dispensed_on: r.get(4),
+                items: serde_json::from_value(items).map_err(corrupt)?,
+                inquiry: inquiry
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(corrupt)?,
+                important_note: r.get(7),
+                next_refill_date: r.get(8),
+            },
+            recorded_at: r.get(9),
+            claim: r
+                .get::<_, Option<serde_json::Value>>(10)
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(corrupt)?,
+            check_id: r.get(11),
+            override_check_id: r.get(12),
+        },
+    ))
 }
 
 pub async fn dispensings(
@@ -428,42 +509,38 @@ pub async fn dispensings(
     prescription_id: Uuid,
 ) -> Result<Vec<DispensingRecord>, DbError> {
     let stmt = c
-        .prepare_cached(
-            "SELECT use_number, pharmacy_code, pharmacist, dispensed_on, items, inquiry,
-                    important_note, next_refill_date, recorded_at, claim
-               FROM dispensings WHERE prescription_id = $1 ORDER BY use_number",
-        )
+        .prepare_cached(&format!(
+            "SELECT {DISPENSING_COLUMNS} FROM dispensings
+              WHERE prescription_id = $1 ORDER BY use_number"
+        ))
         .await?;
     c.query(&stmt, &[&prescription_id])
         .await?
         .iter()
-        .map(|r| {
-            let items: serde_json::Value = r.get(4);
-            let inquiry: Option<serde_json::Value> = r.get(5);
-            let corrupt = |_| DbError::Corrupt(format!("dispensing of {prescription_id}"));
-            Ok(DispensingRecord {
-                use_number: r.get(0),
-                pharmacy_code: r.get(1),
-                pharmacist: r.get(2),
-                dispensing: Dispensing {
-                    dispensed_on: r.get(3),
-                    items: serde_json::from_value(items).map_err(corrupt)?,
-                    inquiry: inquiry
-                        .map(serde_json::from_value)
-                        .transpose()
-                        .map_err(corrupt)?,
-                    important_note: r.get(6),
-                    next_refill_date: r.get(7),
-                },
-                recorded_at: r.get(8),
-                claim: r
-                    .get::<_, Option<serde_json::Value>>(9)
-                    .map(serde_json::from_value)
-                    .transpose()
-                    .map_err(corrupt)?,
-            })
-        })
+        .map(|r| dispensing_from_row(r).map(|(_, d)| d))
         .collect()
+}
+
+/// The dispensings of several prescriptions in one statement (the check history), by prescription.
+pub async fn dispensings_of(
+    c: &impl GenericClient,
+    prescription_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Vec<DispensingRecord>>, DbError> {
+    let mut out: std::collections::HashMap<Uuid, Vec<DispensingRecord>> = Default::default();
+    if prescription_ids.is_empty() {
+        return Ok(out);
+    }
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {DISPENSING_COLUMNS} FROM dispensings
+              WHERE prescription_id = ANY($1) ORDER BY prescription_id, use_number"
+        ))
+        .await?;
+    for row in c.query(&stmt, &[&prescription_ids]).await? {
+        let (id, d) = dispensing_from_row(&row)?;
+        out.entry(id).or_default().push(d);
+    }
+    Ok(out)
 }
 
 /// The patient's outstanding prescriptions at every clinic (the card path): registered or held,
@@ -487,25 +564,46 @@ pub async fn outstanding_for(
 
 /// The patient's prescriptions under any of `identities` with this birth date, issued since
 /// `since` and matching `condition` (SQL over the row), newest first.
-async fn of_patient(
+fn of_patient_sql(condition: &str, limit: i64) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM prescriptions
+          WHERE {} AND birth_date = $5 AND issued_on >= $6 AND {condition}
+          ORDER BY issued_on DESC, created_at DESC LIMIT {limit}",
+        identity_in(1)
+    )
+}
+
+/// The plan PostgreSQL chooses for [`history`] (for benchmarks and the index test): the check
+/// must stay an index lookup however many prescriptions the relay holds.
+pub async fn explain_history(
     c: &impl GenericClient,
     identities: &[InsuranceIdentity],
     birth_date: Date,
     since: Date,
-    condition: &str,
-    limit: i64,
-) -> Result<Vec<Record>, DbError> {
-    let stmt = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM prescriptions
-              WHERE {} AND birth_date = $5 AND issued_on >= $6 AND {condition}
-              ORDER BY issued_on DESC, created_at DESC LIMIT {limit}",
-            identity_in(1)
-        ))
-        .await?;
+) -> Result<String, DbError> {
+    let sql = format!(
+        "EXPLAIN {}",
+        of_patient_sql(HISTORY_CONDITION, HISTORY_LIMIT)
+    );
+    let stmt = c.prepare(&sql).await?;
+    let rows = query_of_patient(c, &stmt, identities, birth_date, since).await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+async fn query_of_patient(
+    c: &impl GenericClient,
+    stmt: &tokio_postgres::Statement,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+    since: Date,
+) -> Result<Vec<tokio_postgres::Row>, DbError> {
     let a = IdentityArrays::new(identities);
-    c.query(
-        &stmt,
+    Ok(c.query(
+        stmt,
         &[
             &a.insurers,
             &a.symbols,
@@ -515,10 +613,23 @@ async fn of_patient(
             &since,
         ],
     )
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    .await?)
+}
+
+async fn of_patient(
+    c: &impl GenericClient,
+    identities: &[InsuranceIdentity],
+    birth_date: Date,
+    since: Date,
+    condition: &str,
+    limit: i64,
+) -> Result<Vec<Record>, DbError> {
+    let stmt = c.prepare_cached(&of_patient_sql(condition, limit)).await?;
+    query_of_patient(c, &stmt, identities, birth_date, since)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
 }
 
 /// The card-path receive: one statement that moves prescription `id` to `dispensing` for
@@ -599,6 +710,11 @@ pub async fn seen_at(
     .get(0))
 }
 
+/// Cancelled prescriptions never count (domain.md §7); the partial index `prescriptions_history`
+/// has the same condition.
+const HISTORY_CONDITION: &str = "status <> 'cancelled'";
+const HISTORY_LIMIT: i64 = 1000;
+
 /// The patient's prescriptions issued since `since` that were not cancelled (the check history),
 /// under any of the identities with this birth date.
 pub async fn history(
@@ -612,8 +728,8 @@ pub async fn history(
         identities,
         birth_date,
         since,
-        "status <> 'cancelled'",
-        1000,
+        HISTORY_CONDITION,
+        HISTORY_LIMIT,
     )
     .await
 }

@@ -8,9 +8,7 @@ use uuid::Uuid;
 use super::events::Actor;
 use super::{DbError, GenericClient, IdentityArrays, identity_in};
 use crate::domain::eligibility::{ClaimBasis, Method};
-use crate::domain::identifiers::{
-    Branch, InsuranceIdentity, InsuredNumber, InsuredSymbol, InsurerNumber,
-};
+use crate::domain::identifiers::InsuranceIdentity;
 
 /// A qualification about to be recorded.
 pub struct NewQualification<'a> {
@@ -103,12 +101,9 @@ pub async fn get_confirmed(c: &impl GenericClient, id: Uuid) -> Result<Option<St
         r.get::<_, Option<&str>>(7),
         r.get::<_, Option<&str>>(8),
     ) {
-        (Some(i), Some(s), Some(n), Some(b)) => Some(InsuranceIdentity {
-            insurer_number: InsurerNumber::parse(i).map_err(|_| corrupt("insurer_number"))?,
-            symbol: InsuredSymbol::parse(s).map_err(|_| corrupt("symbol"))?,
-            number: InsuredNumber::parse(n).map_err(|_| corrupt("number"))?,
-            branch: Branch::parse(b).map_err(|_| corrupt("branch"))?,
-        }),
+        (Some(i), Some(s), Some(n), Some(b)) => {
+            Some(InsuranceIdentity::parse(i, s, n, b).map_err(|_| corrupt("insurance identity"))?)
+        }
         _ => None,
     };
     Ok(Some(Stored {

@@ -27,6 +27,7 @@ use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::dispensing::DispensedItem;
 use super::master::ContraindicationRecord;
 use super::prescription::{DosageForm, Drug, Prescription, Rp};
 
@@ -275,6 +276,31 @@ pub fn new_lines(
 }
 
 /// [`new_lines`] for RPs on their own (a standalone check of a draft).
+/// The lines of a dispensing result: `rp` is the item's index (`items[rp]`), `drug` is 0. An item
+/// with days counts them; without, [`DEFAULT_WINDOW_DAYS`] (頓服 and 外用 carry no days).
+pub fn item_lines(
+    items: &[DispensedItem],
+    ingredients_of: impl Fn(&DispensedItem) -> Vec<Ingredient>,
+) -> Vec<NewLine> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| NewLine {
+            rp: i,
+            drug: 0,
+            code: item.code.clone(),
+            name: item.name.clone(),
+            ingredients: ingredients_of(item),
+            dosage_form: if item.days.is_some() {
+                DosageForm::Oral
+            } else {
+                DosageForm::External
+            },
+            quantity: item.days.unwrap_or(DEFAULT_WINDOW_DAYS),
+        })
+        .collect()
+}
+
 pub fn rp_lines(rps: &[Rp], ingredients_of: impl Fn(&Drug) -> Vec<Ingredient>) -> Vec<NewLine> {
     let mut lines = Vec::new();
     for (rp_index, rp) in rps.iter().enumerate() {
@@ -461,6 +487,22 @@ pub fn run(new: &[NewLine], history: &[HistoryLine], pairs: &[Pair], opts: &Opti
         h.hit_id = format!("h{}", n + 1);
     }
     hits
+}
+
+/// The hits of `hits` that no overridden hit covers. An override covers a hit of the same kind
+/// for the same ingredient and route: the clinical decision the doctor weighed (a generic
+/// substitution at the pharmacy keeps the ingredient, so the prescriber's override still covers
+/// it there), whichever history lines cause it now.
+pub fn uncovered<'a>(hits: &'a [Hit], overridden: &[&Hit]) -> Vec<&'a Hit> {
+    hits.iter()
+        .filter(|h| {
+            !overridden.iter().any(|o| {
+                o.kind == h.kind
+                    && o.ingredient.trim() == h.ingredient.trim()
+                    && o.route.trim() == h.route.trim()
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1036,5 +1078,52 @@ mod tests {
         assert_eq!(got, [(1, 0, "1124001F1022", 7), (1, 1, "2171022F1020", 7)]);
         assert_eq!(lines[1].ingredients, ing(&["2171022F1020"], ORAL));
         assert_eq!(lines[1].dosage_form, DosageForm::Oral);
+    }
+
+    #[test]
+    fn an_override_covers_the_same_kind_ingredient_and_route_whatever_the_product() {
+        let history = vec![hist(
+            "ユーロジン１ｍｇ錠",
+            ing(&["エスタゾラム"], ORAL),
+            ago(2),
+            14,
+        )];
+        let overridden = run(
+            &[new_line(
+                0,
+                "ユーロジン１ｍｇ錠",
+                ing(&["エスタゾラム"], ORAL),
+            )],
+            &history,
+            &[],
+            &opts(),
+        );
+        assert_eq!(overridden.len(), 1);
+        // The pharmacy dispenses another product of the same ingredient: still covered.
+        let generic = run(
+            &[new_line(
+                0,
+                "エスタゾラム錠１ｍｇ「アメル」",
+                ing(&["エスタゾラム"], ORAL),
+            )],
+            &history,
+            &[],
+            &opts(),
+        );
+        let by: Vec<&Hit> = overridden.iter().collect();
+        assert!(uncovered(&generic, &by).is_empty());
+        // Another route, or no override at all, is not covered.
+        let other_route = run(
+            &[new_line(
+                0,
+                "外用エスタゾラム",
+                ing(&["エスタゾラム"], EXTERNAL),
+            )],
+            &[hist("外用", ing(&["エスタゾラム"], EXTERNAL), ago(1), 14)],
+            &[],
+            &opts(),
+        );
+        assert_eq!(uncovered(&other_route, &by).len(), 1);
+        assert_eq!(uncovered(&generic, &[]).len(), 1);
     }
 }

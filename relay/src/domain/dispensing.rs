@@ -22,6 +22,14 @@ pub struct DispenseDraft {
     #[serde(default)]
     #[schema(value_type = Option<String>, format = Date)]
     pub next_refill_date: Option<Date>,
+    /// A dispensing check of this pharmacy whose override (the pharmacist's record of the
+    /// prescriber's answer to a 疑義照会) covers the hits the check inside dispensing finds.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub check_id: Option<uuid::Uuid>,
+    /// Dispense although the check cannot run (`CHECK_UNAVAILABLE`).
+    #[serde(default)]
+    pub acknowledge_check_unavailable: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]

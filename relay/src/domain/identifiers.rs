@@ -357,6 +357,21 @@ pub struct InsuranceIdentity {
 }
 
 impl InsuranceIdentity {
+    /// The four parts as stored (each parsed, so a stored identity is as valid as a typed one).
+    pub fn parse(
+        insurer_number: &str,
+        symbol: &str,
+        number: &str,
+        branch: &str,
+    ) -> Result<Self, Invalid> {
+        Ok(Self {
+            insurer_number: InsurerNumber::parse(insurer_number)?,
+            symbol: InsuredSymbol::parse(symbol)?,
+            number: InsuredNumber::parse(number)?,
+            branch: Branch::parse(branch)?,
+        })
+    }
+
     /// A stable key for throttling that does not keep the numbers themselves in the database.
     pub fn throttle_key(&self) -> Vec<u8> {
         use sha2::Digest;

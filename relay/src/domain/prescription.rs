@@ -160,9 +160,14 @@ pub struct PrescriptionDraft {
     #[serde(default)]
     pub remarks: Option<String>,
     pub rps: Vec<RpDraft>,
-    /// A check whose override covers the hits of this prescription (duplicate checks, issue 6).
+    /// A check of this facility whose override (「重複等あり・医師許可」) covers the hits the check
+    /// inside registration finds. Not part of the prescription itself.
     #[serde(default)]
     pub check_id: Option<Uuid>,
+    /// Register although the check cannot run (`CHECK_UNAVAILABLE`): the doctor has checked by
+    /// other means. Not part of the prescription itself.
+    #[serde(default)]
+    pub acknowledge_check_unavailable: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]

@@ -1610,6 +1610,7 @@ fn build(h: Header, rps: BTreeMap<u64, RpAcc>, issue_type: IssueType) -> Option<
         remarks,
         rps: drafts,
         check_id: None,
+        acknowledge_check_unavailable: false,
     };
     Some(Parsed {
         institution_code,
@@ -2212,6 +2213,7 @@ mod tests {
             remarks,
             rps,
             check_id: None,
+            acknowledge_check_unavailable: false,
         }
     }
 

@@ -18,11 +18,13 @@ use super::prescriptions::{InsuredKey, identity_of, registered_facility, unknown
 use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
+use crate::config::ChecksSettings;
 use crate::db::{self, DbError, GenericClient, checks, insured, master, prescriptions};
 use crate::domain::checks::{
     self as engine, HistoryLine, Hit, HitKind, Ingredient, NewDrugRef, NewLine, Options, Pair,
     Revealable,
 };
+use crate::domain::dispensing::DispensedItem;
 use crate::domain::errors::FieldErrors;
 use crate::domain::identifiers::InsuranceIdentity;
 use crate::domain::prescription::{CodeSystem, Rp, RpDraft, validate_rps};
@@ -32,8 +34,6 @@ use crate::domain::time::today;
 const CHECKERS: &[Role] = &[Role::Doctor, Role::Pharmacist];
 /// How far back the history is read: longer than any supply the check can count.
 const HISTORY_DAYS: i64 = 200;
-/// A verbal consent reveals the causing drugs for this long.
-const REVEAL_MINUTES: i64 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -43,7 +43,16 @@ pub enum CheckContext {
 }
 
 impl CheckContext {
-    fn as_str(&self) -> &'static str {
+    /// The context a role checks in: doctors prescribe, pharmacists dispense.
+    pub fn of(role: Role) -> Self {
+        if role.is_pharmacy() {
+            CheckContext::Dispensing
+        } else {
+            CheckContext::Prescribing
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
         match self {
             CheckContext::Prescribing => "prescribing",
             CheckContext::Dispensing => "dispensing",
@@ -222,15 +231,22 @@ async fn ingredients_of(
 }
 
 /// The patient's history as check lines: each dispensing's items from its dispensing date, or the
-/// prescribed lines from the issue date while nothing was dispensed.
+/// prescribed lines from the issue date while nothing was dispensed. `exclude` (the prescription
+/// being dispensed) is left out: its own earlier uses are not a duplicate of itself.
 async fn history_lines(
     c: &impl GenericClient,
-    identities: &[InsuranceIdentity],
-    birth_date: Date,
+    patient: &Patient,
+    exclude: Option<Uuid>,
     today: Date,
 ) -> Result<Vec<HistoryLine>, DbError> {
     let since = today.checked_sub(HISTORY_DAYS.days()).unwrap_or(today);
-    let records = prescriptions::history(c, identities, birth_date, since).await?;
+    let records: Vec<_> = prescriptions::history(c, &patient.identities, patient.birth_date, since)
+        .await?
+        .into_iter()
+        .filter(|r| Some(r.id) != exclude)
+        .collect();
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let mut dispensed = prescriptions::dispensings_of(c, &ids).await?;
     struct Raw {
         source: Uuid,
         facility: String,
@@ -243,7 +259,7 @@ async fn history_lines(
     }
     let mut raw = Vec::new();
     for r in records {
-        let dispensings = prescriptions::dispensings(c, r.id).await?;
+        let dispensings = dispensed.remove(&r.id).unwrap_or_default();
         if dispensings.is_empty() {
             for rp in &r.document.rps {
                 for d in &rp.drugs {
@@ -302,14 +318,122 @@ pub struct Ran {
     pub unavailable: Option<String>,
 }
 
-/// Runs the check of `rps` against the patient's history inside the caller's transaction.
+impl Ran {
+    fn outcome(&self) -> &'static str {
+        match (&self.unavailable, self.hits.is_empty()) {
+            (Some(_), _) => "unavailable",
+            (None, true) => "clear",
+            (None, false) => "hits",
+        }
+    }
+}
+
+/// What is checked: a prescription draft's RPs, or the items of a dispensing result.
+#[derive(Clone, Copy)]
+pub enum Draft<'a> {
+    Rps(&'a [Rp]),
+    Items(&'a [DispensedItem]),
+}
+
+impl Draft<'_> {
+    fn codes(&self) -> Vec<(CodeSystem, String)> {
+        match self {
+            Draft::Rps(rps) => rps
+                .iter()
+                .flat_map(|rp| rp.drugs.iter().map(|d| (d.code_system, d.code.clone())))
+                .collect(),
+            Draft::Items(items) => items
+                .iter()
+                .map(|i| (i.code_system, i.code.clone()))
+                .collect(),
+        }
+    }
+
+    /// Where a line sits, as the error names it.
+    fn position(&self, line: &NewLine) -> String {
+        match self {
+            Draft::Rps(_) => format!("rps[{}].drugs[{}]", line.rp, line.drug),
+            Draft::Items(_) => format!("items[{}]", line.rp),
+        }
+    }
+}
+
+/// The patient a check is about, resolved once: every coverage of the registry's person (so the
+/// history follows insurance changes), else the identity given.
+#[derive(Debug, Clone)]
+pub struct Patient {
+    pub person_id: Option<Uuid>,
+    pub identities: Vec<InsuranceIdentity>,
+    /// The identity the check was asked with (or the qualification's), kept with the check.
+    pub identity: Option<InsuranceIdentity>,
+    pub birth_date: Date,
+    /// Consent to view past medication chosen on the card reader, with sharing allowed.
+    pub details_visible: bool,
+    pub qualification_id: Option<Uuid>,
+}
+
+impl Patient {
+    /// The patient of insurance identity and birth date, across insurance changes when the
+    /// registry knows the person under that identity with that birth date.
+    pub async fn by_identity(
+        c: &impl GenericClient,
+        identity: &InsuranceIdentity,
+        birth_date: Date,
+    ) -> Result<Self, DbError> {
+        let person = insured::person_by_identity(c, identity)
+            .await?
+            .filter(|p| p.birth_date == birth_date);
+        let mut identities: Vec<InsuranceIdentity> = person
+            .as_ref()
+            .map(|p| p.coverages.iter().map(|c| c.identity.clone()).collect())
+            .unwrap_or_default();
+        if !identities.contains(identity) {
+            identities.push(identity.clone());
+        }
+        Ok(Self {
+            person_id: person.map(|p| p.id),
+            identities,
+            identity: Some(identity.clone()),
+            birth_date,
+            details_visible: false,
+            qualification_id: None,
+        })
+    }
+
+    /// The consent recorded with the qualification `id` applies to this check.
+    pub async fn with_qualification(
+        mut self,
+        c: &impl GenericClient,
+        id: Option<Uuid>,
+    ) -> Result<Self, DbError> {
+        let Some(id) = id else { return Ok(self) };
+        if let Some(q) = db::qualifications::get_confirmed(c, id).await? {
+            let medication = q.detail.pointer("/consent/medication") == Some(&true.into());
+            self.details_visible = q.info_sharing && medication;
+            self.qualification_id = Some(id);
+        }
+        Ok(self)
+    }
+
+    /// Whether `check` was run for this patient.
+    fn ran(&self, check: &checks::StoredCheck) -> bool {
+        check.birth_date == self.birth_date
+            && (check.person_id.is_some() && check.person_id == self.person_id
+                || check
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| self.identities.contains(i)))
+    }
+}
+
+/// Runs the check of `draft` against the patient's history inside the caller's transaction.
 pub async fn run_check(
     c: &impl GenericClient,
-    rps: &[Rp],
-    identities: &[InsuranceIdentity],
-    birth_date: Date,
+    draft: Draft<'_>,
+    patient: &Patient,
     own_facility: &str,
     exclude_own_facility: bool,
+    exclude_prescription: Option<Uuid>,
 ) -> Result<Ran, DbError> {
     let today = today();
     if master::drug_count(c).await? == 0 {
@@ -318,27 +442,28 @@ pub async fn run_check(
             unavailable: Some("the drug master is not loaded; check by other means".into()),
         });
     }
-    let codes: Vec<(CodeSystem, String)> = rps
-        .iter()
-        .flat_map(|rp| rp.drugs.iter().map(|d| (d.code_system, d.code.clone())))
-        .collect();
-    let ingredients = ingredients_of(c, &codes).await?;
-    let new: Vec<NewLine> = engine::rp_lines(rps, |d| {
+    let ingredients = ingredients_of(c, &draft.codes()).await?;
+    let lookup = |system: CodeSystem, code: &str| {
         ingredients
-            .get(&(d.code_system, d.code.clone()))
+            .get(&(system, code.to_string()))
             .cloned()
             .unwrap_or_default()
-    });
+    };
+    let new: Vec<NewLine> = match draft {
+        Draft::Rps(rps) => engine::rp_lines(rps, |d| lookup(d.code_system, &d.code)),
+        Draft::Items(items) => engine::item_lines(items, |i| lookup(i.code_system, &i.code)),
+    };
     if let Some(line) = new.iter().find(|l| l.ingredients.is_empty()) {
         return Ok(Ran {
             hits: Vec::new(),
             unavailable: Some(format!(
-                "rps[{}].drugs[{}] ({}) has no ingredient in the drug master; the check cannot run for it",
-                line.rp, line.drug, line.name
+                "{} ({}) has no ingredient in the drug master; the check cannot run for it",
+                draft.position(line),
+                line.name
             )),
         });
     }
-    let history = history_lines(c, identities, birth_date, today).await?;
+    let history = history_lines(c, patient, exclude_prescription, today).await?;
     let names: Vec<&str> = new
         .iter()
         .flat_map(|l| l.ingredients.iter().map(|i| i.name.as_str()))
@@ -361,6 +486,244 @@ pub async fn run_check(
     Ok(Ran {
         hits,
         unavailable: None,
+    })
+}
+
+/// What a check is asked for.
+pub struct CheckRun<'a> {
+    pub context: CheckContext,
+    pub patient: &'a Patient,
+    pub draft: Draft<'a>,
+    pub exclude_own_facility: bool,
+    /// The prescription being dispensed (its own earlier uses are not history).
+    pub exclude_prescription: Option<Uuid>,
+}
+
+/// Runs a check and records it (append-only), inside the caller's transaction.
+pub async fn record_check(
+    tx: &impl GenericClient,
+    caller: &Caller,
+    run: CheckRun<'_>,
+) -> Result<checks::StoredCheck, ApiError> {
+    let ran = run_check(
+        tx,
+        run.draft,
+        run.patient,
+        caller.facility.as_str(),
+        run.exclude_own_facility,
+        run.exclude_prescription,
+    )
+    .await?;
+    let id = Uuid::now_v7();
+    checks::insert(
+        tx,
+        &checks::NewCheck {
+            id,
+            actor: caller.actor(),
+            context: run.context.as_str(),
+            qualification_id: run.patient.qualification_id,
+            person_id: run.patient.person_id,
+            identity: run.patient.identity.as_ref(),
+            birth_date: run.patient.birth_date,
+            outcome: ran.outcome(),
+            details_visible: run.patient.details_visible,
+            exclude_own: run.exclude_own_facility,
+            drug_codes: run.draft.codes().into_iter().map(|(_, c)| c).collect(),
+            hits: &ran.hits,
+            unavailable_reason: ran.unavailable.as_deref(),
+        },
+    )
+    .await?;
+    checks::get(tx, id).await?.ok_or_else(ApiError::internal)
+}
+
+/// What may let a registration or a dispensing through a check with hits, or one that could not
+/// run.
+pub struct Pass {
+    /// The check the request names (`check_id`): a check of the caller's facility, in the same
+    /// context, for the same patient, with an override younger than `override_valid_hours`.
+    pub named: Option<Uuid>,
+    /// An override that travels with the prescription (the prescriber's, at dispensing).
+    pub carried: Option<Uuid>,
+    pub acknowledge_unavailable: bool,
+}
+
+/// Runs and records the check inside a registration or a dispensing, then decides whether the
+/// change may go ahead. `Ok(Ok(link))`: go ahead, recording `link`. `Ok(Err(problem))`: a 409 to
+/// commit together with the check (the caller needs its id to reveal or override). `Err`: a bad
+/// request that changes nothing.
+pub async fn checked(
+    tx: &impl GenericClient,
+    caller: &Caller,
+    settings: &ChecksSettings,
+    run: CheckRun<'_>,
+    pass: Pass,
+) -> Result<Result<prescriptions::CheckLink, ApiError>, ApiError> {
+    let patient = run.patient;
+    let ran = record_check(tx, caller, run).await?;
+    gate(tx, caller, settings, &ran, patient, pass).await
+}
+
+async fn gate(
+    tx: &impl GenericClient,
+    caller: &Caller,
+    settings: &ChecksSettings,
+    ran: &checks::StoredCheck,
+    patient: &Patient,
+    g: Pass,
+) -> Result<Result<prescriptions::CheckLink, ApiError>, ApiError> {
+    let mut link = prescriptions::CheckLink {
+        check_id: Some(ran.id),
+        override_check_id: None,
+        unavailable_acknowledged: false,
+    };
+    // A named check must be one this caller may use, whatever the outcome now.
+    let named = match g.named {
+        None => None,
+        Some(id) => {
+            let unknown = || {
+                ApiError::field(
+                    "check_id",
+                    "UNKNOWN_CHECK",
+                    format!("{id} is not a check of this facility"),
+                )
+            };
+            let named = checks::get(tx, id)
+                .await?
+                .filter(|k| k.facility_code == caller.facility.as_str())
+                .ok_or_else(unknown)?;
+            if named.context != ran.context {
+                return Err(ApiError::field(
+                    "check_id",
+                    "WRONG_CONTEXT",
+                    format!(
+                        "check {id} was a {} check; this needs a {} check",
+                        named.context, ran.context
+                    ),
+                ));
+            }
+            if !patient.ran(&named) {
+                return Err(ApiError::field(
+                    "check_id",
+                    "OTHER_PATIENT",
+                    format!("check {id} was run for another patient"),
+                ));
+            }
+            Some(named)
+        }
+    };
+    match ran.outcome.as_str() {
+        "clear" => return Ok(Ok(link)),
+        "unavailable" => {
+            if g.acknowledge_unavailable {
+                link.unavailable_acknowledged = true;
+                return Ok(Ok(link));
+            }
+            let view = view_of(tx, ran.clone()).await?;
+            return Ok(Err(ApiError::conflict(
+                "CHECK_UNAVAILABLE",
+                format!(
+                    "the duplicate/contraindication check could not run ({}); check by other means and send acknowledge_check_unavailable: true",
+                    ran.unavailable_reason.as_deref().unwrap_or("unknown reason")
+                ),
+            )
+            .with("check", view)));
+        }
+        _ => {}
+    }
+    let now = Timestamp::now();
+    let mut overridden: Vec<Hit> = Vec::new();
+    let mut used = None;
+    let mut why = Vec::new();
+    if let Some(named) = &named {
+        let fresh_until = named
+            .at
+            .checked_add(settings.override_valid_hours.max(1).hours())
+            .unwrap_or(named.at);
+        match checks::override_of(tx, named.id).await? {
+            None => why.push(format!("check {} has no override", named.id)),
+            Some(_) if fresh_until <= now => why.push(format!(
+                "the override of check {} is older than {} hours; check again",
+                named.id, settings.override_valid_hours
+            )),
+            Some(_) => {
+                overridden.extend(named.hits.iter().cloned());
+                used = Some(named.id);
+            }
+        }
+    }
+    if let Some(carried) = g.carried
+        && let Some(k) = checks::get(tx, carried).await?
+        && checks::override_of(tx, carried).await?.is_some()
+    {
+        overridden.extend(k.hits);
+        used = used.or(Some(carried));
+    }
+    let by: Vec<&Hit> = overridden.iter().collect();
+    let open: Vec<String> = engine::uncovered(&ran.hits, &by)
+        .iter()
+        .map(|h| h.hit_id.clone())
+        .collect();
+    if open.is_empty() {
+        link.override_check_id = used;
+        return Ok(Ok(link));
+    }
+    let who = if ran.context == "prescribing" {
+        "the doctor"
+    } else {
+        "the pharmacist, after a 疑義照会,"
+    };
+    let mut detail = format!(
+        "the check found {} unresolved hit(s) ({}): reveal them with the patient's consent, then {who} overrides check {} with a reason and sends its id as check_id",
+        open.len(),
+        open.join(", "),
+        ran.id
+    );
+    if !why.is_empty() {
+        detail = format!("{detail}; {}", why.join("; "));
+    }
+    let view = view_of(tx, ran.clone()).await?;
+    Ok(Err(ApiError::conflict("UNRESOLVED_CHECK_HITS", detail)
+        .with("check", view)
+        .with("unresolved_hit_ids", open)))
+}
+
+/// The patient of a qualification of the caller's facility, with its card consent.
+async fn patient_by_qualification(
+    tx: &impl GenericClient,
+    caller: &Caller,
+    qid: Uuid,
+) -> Result<Patient, ApiError> {
+    let q = super::qualifications::usable(tx, caller, qid, false).await?;
+    let birth_date = q
+        .person
+        .as_ref()
+        .map(|p| p.birth_date)
+        .or(q.stored.birth_date)
+        .ok_or_else(|| {
+            ApiError::field(
+                "patient.qualification_id",
+                "PATIENT_UNKNOWN",
+                "this qualification does not identify the patient (不詳); give patient.insured and patient.birth_date",
+            )
+        })?;
+    let mut identities: Vec<InsuranceIdentity> = q
+        .person
+        .as_ref()
+        .map(|p| p.coverages.iter().map(|c| c.identity.clone()).collect())
+        .unwrap_or_default();
+    if let Some(i) = &q.stored.identity
+        && !identities.contains(i)
+    {
+        identities.push(i.clone());
+    }
+    Ok(Patient {
+        person_id: q.person.as_ref().map(|p| p.id),
+        identities,
+        identity: q.stored.identity.clone(),
+        birth_date,
+        details_visible: q.view.info_sharing && q.view.consent.medication,
+        qualification_id: Some(qid),
     })
 }
 
@@ -437,99 +800,43 @@ pub async fn create(
         }
         (Some(_), None) => None,
     };
+    if request.context != CheckContext::of(caller.role) {
+        e.add(
+            "context",
+            "ROLE_CONTEXT",
+            "doctors check at prescribing (context: prescribing), pharmacists at dispensing (context: dispensing)",
+        );
+    }
     let (Some(rps), true) = (rps, e.is_empty()) else {
         return Err(ApiError::validation(e.into_vec()));
     };
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
         registered_facility(tx, &caller).await?;
-        let unknown = unknown_drug_codes(tx, &crate::domain::prescription::rp_drug_refs(&rps)).await?;
+        let unknown =
+            unknown_drug_codes(tx, &crate::domain::prescription::rp_drug_refs(&rps)).await?;
         if !unknown.is_empty() {
             return Err(ApiError::validation(unknown));
         }
         // The patient: every coverage of the registry's person, or the identity given.
-        let (person, identities, birth_date, details_visible, qualification_id) =
-            match (p.qualification_id, &identity) {
-                (Some(qid), _) => {
-                    let q = super::qualifications::usable(tx, &caller, qid, false).await?;
-                    let birth = q
-                        .person
-                        .as_ref()
-                        .map(|p| p.birth_date)
-                        .or(q.stored.birth_date)
-                        .ok_or_else(|| {
-                            ApiError::field(
-                                "patient.qualification_id",
-                                "PATIENT_UNKNOWN",
-                                "this qualification does not identify the patient (不詳); give patient.insured and patient.birth_date",
-                            )
-                        })?;
-                    let mut ids: Vec<InsuranceIdentity> = q
-                        .person
-                        .as_ref()
-                        .map(|p| p.coverages.iter().map(|c| c.identity.clone()).collect())
-                        .unwrap_or_default();
-                    if let Some(i) = &q.stored.identity
-                        && !ids.contains(i)
-                    {
-                        ids.push(i.clone());
-                    }
-                    let visible = q.view.info_sharing && q.view.consent.medication;
-                    (q.person.as_ref().map(|p| p.id), ids, birth, visible, Some(qid))
-                }
-                (None, Some(i)) => {
-                    let birth = p.birth_date.unwrap_or_else(today);
-                    let person = insured::person_by_identity(tx, i)
-                        .await?
-                        .filter(|p| p.birth_date == birth);
-                    let mut ids: Vec<InsuranceIdentity> = person
-                        .as_ref()
-                        .map(|p| p.coverages.iter().map(|c| c.identity.clone()).collect())
-                        .unwrap_or_default();
-                    if !ids.contains(i) {
-                        ids.push(i.clone());
-                    }
-                    (person.map(|p| p.id), ids, birth, false, None)
-                }
-                (None, None) => return Err(ApiError::internal()),
-            };
-        let ran = run_check(
-            tx,
-            &rps,
-            &identities,
-            birth_date,
-            caller.facility.as_str(),
-            request.exclude_own_facility,
-        )
-        .await?;
-        let outcome = match (&ran.unavailable, ran.hits.is_empty()) {
-            (Some(_), _) => "unavailable",
-            (None, true) => "clear",
-            (None, false) => "hits",
+        let patient = match (p.qualification_id, &identity) {
+            (Some(qid), _) => patient_by_qualification(tx, &caller, qid).await?,
+            (None, Some(i)) => {
+                Patient::by_identity(tx, i, p.birth_date.unwrap_or_else(today)).await?
+            }
+            (None, None) => return Err(ApiError::internal()),
         };
-        let id = Uuid::now_v7();
-        checks::insert(
+        let stored = record_check(
             tx,
-            &checks::NewCheck {
-                id,
-                actor: caller.actor(),
-                context: request.context.as_str(),
-                qualification_id,
-                person_id: person,
-                identity: identity.as_ref(),
-                birth_date,
-                outcome,
-                details_visible,
-                exclude_own: request.exclude_own_facility,
-                drug_codes: rps
-                    .iter()
-                    .flat_map(|rp| rp.drugs.iter().map(|d| d.code.clone()))
-                    .collect(),
-                hits: &ran.hits,
-                unavailable_reason: ran.unavailable.as_deref(),
+            &caller,
+            CheckRun {
+                context: request.context,
+                patient: &patient,
+                draft: Draft::Rps(&rps),
+                exclude_own_facility: request.exclude_own_facility,
+                exclude_prescription: None,
             },
         )
         .await?;
-        let stored = checks::get(tx, id).await?.ok_or_else(ApiError::internal)?;
         Reply::new(StatusCode::CREATED, view_of(tx, stored).await?)
     })
     .await
@@ -556,7 +863,7 @@ pub async fn get_one(
 }
 
 /// 口頭同意: the patient agreed orally; the causing drugs of these hits are revealed to this
-/// facility for 30 minutes, and who recorded it, when and for which hits is kept.
+/// facility for `[checks] reveal_minutes` (30), and who recorded it, when and for which hits is kept.
 #[utoipa::path(
     post, path = "/v1/checks/{id}/verbal-consent", tag = "checks",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
@@ -633,7 +940,8 @@ pub async fn verbal_consent(
             caller.actor(),
             &hit_ids,
             note.as_deref(),
-            now.checked_add(REVEAL_MINUTES.minutes()).unwrap_or(now),
+            now.checked_add(state.settings.checks.reveal_minutes.max(1).minutes())
+                .unwrap_or(now),
         )
         .await?;
         Reply::new(StatusCode::OK, view_of(tx, stored).await?)
@@ -641,7 +949,8 @@ pub async fn verbal_consent(
     .await
 }
 
-/// The doctor proceeds despite the hits, with a reason (「重複等あり・医師許可」).
+/// Proceed despite the hits, with a reason: the doctor at prescribing (「重複等あり・医師許可」;
+/// the reason travels with the prescription), the pharmacist at dispensing after a 疑義照会.
 #[utoipa::path(
     post, path = "/v1/checks/{id}/override", tag = "checks",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
@@ -661,7 +970,7 @@ pub async fn override_hits(
     id: web::Path<String>,
     body: JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(&[Role::Doctor])?;
+    caller.require(CHECKERS)?;
     let body = body.parse::<OverrideRequest>()?;
     let reason = body.value.reason.trim().to_string();
     if reason.is_empty() || reason.chars().count() > 500 {
@@ -673,6 +982,11 @@ pub async fn override_hits(
     }
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
         let stored = own_check(tx, &caller, &id).await?;
+        if stored.context != CheckContext::of(caller.role).as_str() {
+            return Err(ApiError::forbidden(
+                "the doctor overrides a prescribing check; a pharmacist records the outcome of a 疑義照会 on a dispensing check",
+            ));
+        }
         if stored.outcome == "clear" {
             return Err(ApiError::conflict(
                 "NO_HITS",

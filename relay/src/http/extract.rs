@@ -310,6 +310,9 @@ pub fn fingerprint(req: &HttpRequest, canonical_body: &[u8]) -> Vec<u8> {
     h.update([0]);
     h.update(req.path().as_bytes());
     h.update([0]);
+    // The query is part of the request (an SJ1 registration's issue_type and check_id).
+    h.update(req.query_string().as_bytes());
+    h.update([0]);
     h.update(canonical_body);
     h.finalize().to_vec()
 }

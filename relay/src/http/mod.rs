@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod checks;
+pub mod consultation;
 pub mod documents;
 pub mod error;
 pub mod extract;
@@ -61,6 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(documents::sj1_csv)
     .service(documents::copy_pdf)
     .service(documents::paper_pdf)
+    .service(consultation::page)
     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()))
     .route(
         "/docs",

@@ -9,17 +9,19 @@ use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::checks::{CheckContext, CheckRun, Draft, Pass, Patient, checked};
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, IdempotencyKey, JsonBytes, RawBody};
 use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
-use crate::db::prescriptions::{DispensingRecord, Record, Search};
+use crate::db::prescriptions::{CheckLink, DispensingRecord, Record, Search};
 use crate::db::{
     self, DbError, GenericClient, events, facilities, master, prescriptions, qualifications,
     throttle,
 };
 use crate::domain::FieldError;
+use crate::domain::checks::HitKind;
 use crate::domain::dispensing::{DispenseContext, DispenseDraft};
 use crate::domain::eligibility::{Claim, ClaimBasis, DisasterRef, Method};
 use crate::domain::errors::FieldErrors;
@@ -47,18 +49,84 @@ pub struct FacilityRef {
     pub name: Option<String>,
 }
 
-/// The result of the duplicate/contraindication check run inside registration.
+/// The duplicate/contraindication check run inside a registration, and what let it through.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckSummary {
-    /// `unavailable` until the check engine is in place: never reported as `clear`.
-    pub outcome: &'static str,
-    pub detail: &'static str,
+    pub check_id: Uuid,
+    /// `clear`, `hits` (covered by `override`) or `unavailable` (acknowledged): never reported
+    /// as `clear` when the check could not run.
+    pub outcome: String,
+    pub unavailable_acknowledged: bool,
+    /// 「重複等あり・医師許可」: the prescriber weighed these hits; the pharmacy need not ask again.
+    #[serde(rename = "override")]
+    pub override_: Option<OverrideSummary>,
 }
 
-const CHECK_NOT_RUN: CheckSummary = CheckSummary {
-    outcome: "unavailable",
-    detail: "duplicate and contraindication checks are not available in this relay version; check by other means",
-};
+/// An override as the prescription carries it: the hits without their causes (which the
+/// pharmacy sees only under its own consent) and the reason.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OverrideSummary {
+    pub check_id: Uuid,
+    /// 「重複等あり・医師許可」.
+    pub label: &'static str,
+    pub reason: String,
+    pub staff_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    pub hits: Vec<OverriddenHit>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OverriddenHit {
+    pub kind: HitKind,
+    pub new_drug: String,
+    pub ingredient: String,
+}
+
+/// The check summary of `link` (the check inside a registration or a dispensing).
+pub async fn check_summary(
+    c: &impl GenericClient,
+    link: &CheckLink,
+) -> Result<Option<CheckSummary>, DbError> {
+    let Some(check_id) = link.check_id else {
+        return Ok(None);
+    };
+    let outcome = match db::checks::get(c, check_id).await? {
+        Some(k) => k.outcome,
+        None => return Ok(None),
+    };
+    let override_ = match link.override_check_id {
+        None => None,
+        Some(id) => match (
+            db::checks::get(c, id).await?,
+            db::checks::override_of(c, id).await?,
+        ) {
+            (Some(k), Some(o)) => Some(OverrideSummary {
+                check_id: id,
+                label: "重複等あり・医師許可",
+                reason: o.reason,
+                staff_id: o.staff_id,
+                at: o.at,
+                hits: k
+                    .hits
+                    .into_iter()
+                    .map(|h| OverriddenHit {
+                        kind: h.kind,
+                        new_drug: h.new_drug.name,
+                        ingredient: h.ingredient,
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        },
+    };
+    Ok(Some(CheckSummary {
+        check_id,
+        outcome,
+        unavailable_acknowledged: link.unavailable_acknowledged,
+        override_,
+    }))
+}
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Registered {
@@ -132,6 +200,9 @@ pub struct PrescriptionView {
     pub dispensings: Vec<DispensingRecord>,
     /// The qualification the holder received it under, with the claim basis (holder only).
     pub qualification: Option<HeldQualification>,
+    /// The check run inside registration and the prescriber's override, if any: the pharmacy
+    /// sees 「重複等あり・医師許可」 and the reason, so it need not ask about a weighed alert.
+    pub check: Option<CheckSummary>,
 }
 
 /// The eligibility confirmation behind a receive, as its pharmacy sees it.
@@ -381,6 +452,7 @@ async fn view(
         next_refill_date: r.validity.next_refill_date,
         has_important_note: r.has_important_note,
         registered_at: r.created_at,
+        check: check_summary(c, &r.check).await?,
         prescription: r.document,
         dispensings,
         qualification,
@@ -453,6 +525,11 @@ pub fn identity_of(k: &InsuredKey, prefix: &str, e: &mut FieldErrors) -> Option<
 pub struct RegisterQuery {
     /// Required with an SJ1 (`text/csv`) body: `electronic` or `paper_with_exchange_number`.
     pub issue_type: Option<String>,
+    /// With an SJ1 body: the overridden check covering its hits (`check_id` of the JSON form).
+    pub check_id: Option<Uuid>,
+    /// With an SJ1 body: register although the check cannot run.
+    #[serde(default)]
+    pub acknowledge_check_unavailable: bool,
 }
 
 /// An SJ1 CSV body as a draft, validated later exactly like the JSON form. Its record 1 must be
@@ -516,10 +593,11 @@ fn draft_from_sj1(
     )),
     params(RegisterQuery, ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, e.g. a UUID")),
     responses(
-        (status = 201, body = Registered, description = "created"),
+        (status = 201, body = Registered, description = "created; `check` is the check run inside registration"),
         (status = 400, body = Problem, description = "MALFORMED_JSON: fix the body; do not retry as is"),
         (status = 401, body = Problem, description = "no, expired or invalid token"), (status = 403, body = Problem, description = "wrong role or facility"),
-        (status = 422, body = Problem, description = "VALIDATION_FAILED (every bad field listed), IDEMPOTENCY_KEY_REUSED; do not retry as is"),
+        (status = 409, body = Problem, description = "UNRESOLVED_CHECK_HITS (member `check`: the check, masked; `unresolved_hit_ids`): reveal with consent, override, send `check_id` with a new Idempotency-Key. CHECK_UNAVAILABLE (member `check`): the check could not run; send `acknowledge_check_unavailable: true`. Both are committed with the check."),
+        (status = 422, body = Problem, description = "VALIDATION_FAILED (every bad field listed; `check_id`: UNKNOWN_CHECK, WRONG_CONTEXT, OTHER_PATIENT), IDEMPOTENCY_KEY_REUSED; do not retry as is"),
         (status = 503, body = Problem, description = "DATABASE_UNAVAILABLE: retry with the same Idempotency-Key after Retry-After"),
     ),
     security(("bearer" = []))
@@ -537,7 +615,10 @@ pub async fn register(
     let (draft, canonical, sj1) = if body.mime == "text/csv" {
         let (parsed, canonical) =
             draft_from_sj1(&caller, query.issue_type.as_deref(), &body.bytes)?;
-        (parsed.draft.clone(), canonical, Some(parsed))
+        let mut draft = parsed.draft.clone();
+        draft.check_id = query.check_id;
+        draft.acknowledge_check_unavailable = query.acknowledge_check_unavailable;
+        (draft, canonical, Some(parsed))
     } else {
         let body = body.json()?.parse::<PrescriptionDraft>()?;
         (body.value, body.canonical, None)
@@ -576,6 +657,36 @@ pub async fn register(
         {
             prescription.doctor = Some(DoctorDraft { name, name_kana });
         }
+        // The check runs inside registration; unresolved hits are refused, and that refusal is
+        // committed with the check so the doctor can reveal and override it by its id.
+        let patient = Patient::by_identity(
+            tx,
+            &prescription.insurance.identity(),
+            prescription.patient.birth_date,
+        )
+        .await?;
+        let link = match checked(
+            tx,
+            &caller,
+            &state.settings.checks,
+            CheckRun {
+                context: CheckContext::Prescribing,
+                patient: &patient,
+                draft: Draft::Rps(&prescription.rps),
+                exclude_own_facility: false,
+                exclude_prescription: None,
+            },
+            Pass {
+                named: draft.check_id,
+                carried: None,
+                acknowledge_unavailable: draft.acknowledge_check_unavailable,
+            },
+        )
+        .await?
+        {
+            Ok(link) => link,
+            Err(refusal) => return Ok(Reply::problem(&refusal)),
+        };
         let id = Uuid::now_v7();
         let mut rng = rand::rng();
         // One million numbers per patient: a clash with one of the patient's few open
@@ -589,6 +700,7 @@ pub async fn register(
                 &caller.staff,
                 &prescription,
                 &number,
+                link,
             )
             .await?
             {
@@ -597,9 +709,17 @@ pub async fn register(
                     id,
                     caller.actor(),
                     EventAction::Registered,
-                    serde_json::json!({"issue_type": record.issue_type.as_str()}),
+                    serde_json::json!({
+                        "issue_type": record.issue_type.as_str(),
+                        "check_id": link.check_id,
+                        "override_check_id": link.override_check_id,
+                        "check_unavailable_acknowledged": link.unavailable_acknowledged,
+                    }),
                 )
                 .await?;
+                let check = check_summary(tx, &link)
+                    .await?
+                    .ok_or_else(ApiError::internal)?;
                 return Reply::new(
                     StatusCode::CREATED,
                     Registered {
@@ -608,7 +728,7 @@ pub async fn register(
                         status: Status::Registered,
                         issue_type: record.issue_type,
                         valid_until: record.validity.valid_until,
-                        check: CHECK_NOT_RUN,
+                        check,
                         warnings: jahis_warnings(&institution, &prescription),
                     },
                 );
@@ -1218,13 +1338,15 @@ pub async fn release(
     .await
 }
 
-/// Register the dispensing result (調剤結果).
+/// Register the dispensing result (調剤結果). The duplicate/contraindication check runs again over
+/// the dispensed items; hits the prescriber overrode (same kind, ingredient and route) pass.
 #[utoipa::path(
     post, path = "/v1/prescriptions/{id}/dispense", tag = "dispensing",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = DispenseDraft,
     responses((status = 200, body = StatusReply, description = "OK"), (status = 403, body = Problem, description = "wrong role or facility"),
-              (status = 404, body = Problem, description = "not found"), (status = 409, body = Problem, description = "conflicts with the current state"),
+              (status = 404, body = Problem, description = "not found"),
+              (status = 409, body = Problem, description = "conflicts with the current state; UNRESOLVED_CHECK_HITS (member `check`): after a 疑義照会 the pharmacist overrides that check and sends its `check_id`; CHECK_UNAVAILABLE: send `acknowledge_check_unavailable: true`"),
               (status = 422, body = Problem, description = "validation failed: every bad field is listed")),
     security(("bearer" = []))
 )]
@@ -1256,6 +1378,38 @@ pub async fn dispense(
         if !unknown.is_empty() {
             return Err(ApiError::validation(unknown));
         }
+        // The check runs again at dispensing over what is actually dispensed; the prescriber's
+        // override travels with the prescription, so hits the doctor weighed need no 疑義照会.
+        let patient = Patient::by_identity(
+            tx,
+            &r.document.insurance.identity(),
+            r.document.patient.birth_date,
+        )
+        .await?
+        .with_qualification(tx, r.qualification_id)
+        .await?;
+        let link = match checked(
+            tx,
+            &caller,
+            &state.settings.checks,
+            CheckRun {
+                context: CheckContext::Dispensing,
+                patient: &patient,
+                draft: Draft::Items(&dispensing.items),
+                exclude_own_facility: false,
+                exclude_prescription: Some(r.id),
+            },
+            Pass {
+                named: draft.check_id,
+                carried: r.check.override_check_id,
+                acknowledge_unavailable: draft.acknowledge_check_unavailable,
+            },
+        )
+        .await?
+        {
+            Ok(link) => link,
+            Err(refusal) => return Ok(Reply::problem(&refusal)),
+        };
         let next = match (refill_uses_remain, r.cancellation_pending) {
             (false, _) => Status::Dispensed,
             (true, false) => Status::Registered,
@@ -1273,11 +1427,14 @@ pub async fn dispense(
         let use_number = prescriptions::record_dispensing(
             tx,
             &r,
-            caller.facility.as_str(),
-            &caller.staff,
-            &dispensing,
-            next,
-            claim.as_ref(),
+            prescriptions::NewDispensing {
+                pharmacy: caller.facility.as_str(),
+                pharmacist: &caller.staff,
+                dispensing: &dispensing,
+                next_status: next,
+                claim: claim.as_ref(),
+                check: link,
+            },
         )
         .await?;
         events::append(
@@ -1290,6 +1447,9 @@ pub async fn dispense(
                 "dispensed_on": dispensing.dispensed_on,
                 "important_note": dispensing.important_note.is_some(),
                 "next_refill_date": dispensing.next_refill_date,
+                "check_id": link.check_id,
+                "override_check_id": link.override_check_id,
+                "check_unavailable_acknowledged": link.unavailable_acknowledged,
             }),
         )
         .await?;

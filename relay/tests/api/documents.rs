@@ -134,7 +134,9 @@ fn multi_rp(name: &str) -> Value {
 #[tokio::test]
 async fn sj1_comes_out_byte_exact_and_goes_back_in() {
     let app = TestApp::spawn().await;
-    let reg = app.register(&multi_rp("髙橋 𠮷子")).await;
+    let reg = app
+        .register_overriding(&app.doctor(), &multi_rp("髙橋 𠮷子"))
+        .await;
     let id = reg["prescription_id"].as_str().unwrap();
     let number = reg["exchange_number"].as_str().unwrap();
     let r = app
@@ -151,7 +153,9 @@ async fn sj1_comes_out_byte_exact_and_goes_back_in() {
         text.contains("\n201,3,1,1,4,2325003B2029,ガスター散２％,1.5,1,g\n"),
         "{text}"
     );
-    // The clinic's own SJ1 registers as a new prescription with the same content.
+    // The clinic's own SJ1 registers as a new prescription with the same content. It duplicates
+    // the first one (and itself): the check inside registration refuses it until the doctor
+    // overrides, and the override's check_id travels in the query of an SJ1 body.
     let r = app
         .post_raw(
             "/v1/prescriptions?issue_type=electronic",
@@ -160,7 +164,26 @@ async fn sj1_comes_out_byte_exact_and_goes_back_in() {
             &text,
         )
         .await;
+    r.assert_problem(409, "UNRESOLVED_CHECK_HITS");
+    let check_id = r.body["check"]["check_id"].as_str().unwrap().to_string();
+    let o = app
+        .post(
+            &format!("/v1/checks/{check_id}/override"),
+            &app.doctor(),
+            &json!({"reason": "同一処方の再発行"}),
+        )
+        .await;
+    assert_eq!(o.status, 200, "{}", o.text);
+    let r = app
+        .post_raw(
+            &format!("/v1/prescriptions?issue_type=electronic&check_id={check_id}"),
+            &app.doctor(),
+            "text/csv",
+            &text,
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["check"]["override"]["reason"], "同一処方の再発行");
     let again = r.body["prescription_id"].as_str().unwrap();
     let r2 = app
         .get(&format!("/v1/prescriptions/{again}/sj1"), &app.doctor())
@@ -325,7 +348,9 @@ async fn sj1_input_is_validated_like_json() {
 #[tokio::test]
 async fn the_copy_pdf_is_readable_and_scannable() {
     let app = TestApp::spawn().await;
-    let reg = app.register(&multi_rp("髙橋 𠮷子")).await;
+    let reg = app
+        .register_overriding(&app.doctor(), &multi_rp("髙橋 𠮷子"))
+        .await;
     let id = reg["prescription_id"].as_str().unwrap();
     let number = reg["exchange_number"].as_str().unwrap();
     let (pdf, headers) = fetch_pdf(
@@ -388,7 +413,7 @@ async fn the_paper_prescription_carries_a_jahis_code_that_decodes_back() {
     let mut body = multi_rp("高橋 良子");
     body["issue_type"] = "paper_with_exchange_number".into();
     body["public_expenses"] = json!([{"payer_number": "12130001", "recipient_number": "1234566"}]);
-    let reg = app.register(&body).await;
+    let reg = app.register_overriding(&app.doctor(), &body).await;
     let id = reg["prescription_id"].as_str().unwrap();
     let number = reg["exchange_number"].as_str().unwrap();
     let (pdf, headers) = fetch_pdf(
@@ -448,7 +473,7 @@ async fn large_prescriptions_span_several_symbols_and_unencodable_names_are_repo
         body["rps"].as_array_mut().unwrap().push(extra);
     }
     body["issued_on"] = today().checked_sub(1.day()).unwrap().to_string().into();
-    let reg = app.register(&body).await;
+    let reg = app.register_overriding(&app.doctor(), &body).await;
     assert_eq!(
         reg["warnings"][0]["code"], "JAHIS_CHARACTER_REPLACED",
         "{reg}"

@@ -727,11 +727,15 @@ async fn the_card_path_lists_and_receives_and_the_holder_sees_the_claim_basis() 
         .await;
     let mut newer = prescription_for("01270016", "E5", "2005", "保険　変更", "1983-05-05");
     newer["rps"].as_array_mut().unwrap().truncate(1);
+    // The same person under the earlier insurance already has ユーロジン: the check follows the
+    // insurance change through the registry and finds the duplicate.
     let r = app.post("/v1/prescriptions", &app.doctor_2(), &newer).await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let newer_id = r.body["prescription_id"].as_str().unwrap().to_string();
+    r.assert_problem(409, "UNRESOLVED_CHECK_HITS");
+    let r = app.register_overriding(&app.doctor_2(), &newer).await;
+    let newer_id = r["prescription_id"].as_str().unwrap().to_string();
     // Someone else's prescription never shows up.
-    app.register(&prescription()).await;
+    app.register_overriding(&app.doctor(), &prescription())
+        .await;
 
     let clerk = token(&app, Who::Clerk);
     let q = app
@@ -763,7 +767,9 @@ async fn the_card_path_lists_and_receives_and_the_holder_sees_the_claim_basis() 
     assert_eq!(r.body["qualification"]["method"], "card");
     assert_eq!(r.body["qualification"]["claim_basis"], "current");
     // The prescription of the other patient cannot be taken with this qualification.
-    let other = app.register(&prescription()).await;
+    let other = app
+        .register_overriding(&app.doctor(), &prescription())
+        .await;
     app.post(
         &format!(
             "/v1/prescriptions/{}/receive",

@@ -262,6 +262,43 @@ impl TestApp {
         r.body
     }
 
+    /// Registers `body` as `token` (a doctor), overriding the duplicate/contraindication hits the
+    /// check inside registration finds: for tests of something else that register the same
+    /// patient's drugs more than once, or fixtures with duplicates inside one prescription. The
+    /// path is the real one: 409 with the check, the override, the registration with `check_id`.
+    pub async fn register_overriding(&self, token: &str, body: &Value) -> Value {
+        let r = self.post("/v1/prescriptions", token, body).await;
+        if r.status == 201 {
+            return r.body;
+        }
+        assert_eq!(
+            r.body["code"], "UNRESOLVED_CHECK_HITS",
+            "registration failed: {}",
+            r.text
+        );
+        let check_id = r.body["check"]["check_id"]
+            .as_str()
+            .expect("check id")
+            .to_string();
+        let o = self
+            .post(
+                &format!("/v1/checks/{check_id}/override"),
+                token,
+                &json!({"reason": "重複を確認済み（試験）"}),
+            )
+            .await;
+        assert_eq!(o.status, 200, "override failed: {}", o.text);
+        let mut body = body.clone();
+        body["check_id"] = json!(check_id);
+        let r = self.post("/v1/prescriptions", token, &body).await;
+        assert_eq!(
+            r.status, 201,
+            "registration with the override failed: {}",
+            r.text
+        );
+        r.body
+    }
+
     /// Receives as pharmacist-1 by number and identity.
     pub async fn receive(&self, token: &str, exchange_number: &str, insured: &Value) -> Resp {
         self.post(

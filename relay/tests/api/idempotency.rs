@@ -137,7 +137,12 @@ async fn keys_are_scoped_to_the_facility() {
 
     let mine = register_keyed(&app, &app.doctor(), &key, &prescription()).await;
     assert_fresh(&mine, 201);
-    let theirs = register_keyed(&app, &app.doctor_2(), &key, &prescription()).await;
+    // Another patient, so that the check inside registration has nothing to say.
+    let mut other_patient = prescription();
+    other_patient["patient"]["birth_date"] = json!("1975-07-07");
+    other_patient["insurance"] = json!({"insurer_number": "01130012", "symbol": "1234", "number": "5678",
+                                        "relationship": "insured", "branch": "01", "copay_rate": 30});
+    let theirs = register_keyed(&app, &app.doctor_2(), &key, &other_patient).await;
     assert_fresh(&theirs, 201);
     assert_ne!(theirs.body["prescription_id"], mine.body["prescription_id"]);
     assert_eq!(prescription_count(&app).await, before + 2);
@@ -155,7 +160,7 @@ async fn keys_are_scoped_to_the_facility() {
         &mine,
     );
     assert_replay_of(
-        &register_keyed(&app, &app.doctor_2(), &key, &prescription()).await,
+        &register_keyed(&app, &app.doctor_2(), &key, &other_patient).await,
         &theirs,
     );
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod checks;
+mod consultation_room;
 mod documents;
 mod eligibility;
 mod health;

@@ -5,7 +5,10 @@ use serde_json::json;
 
 /// Registers the standard prescription and returns (id, exchange number).
 async fn registered(app: &TestApp) -> (String, String) {
-    let r = app.register(&prescription()).await;
+    // The same patient's drugs again: the override lets the duplicate through.
+    let r = app
+        .register_overriding(&app.doctor(), &prescription())
+        .await;
     (
         r["prescription_id"].as_str().unwrap().to_string(),
         r["exchange_number"].as_str().unwrap().to_string(),
