@@ -2,18 +2,9 @@
 //! second run that finds everything already present, and bad files that change nothing.
 
 use relay_e2e::*;
-use tokio_postgres::NoTls;
 
 const GOOD: &str = "relay/tests/fixtures/insured/registry.csv";
 const BAD: &str = "relay/tests/fixtures/insured/bad.csv";
-
-async fn connect(relay: &Relay) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&relay.database_url, NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
-}
 
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.expect(sql).get(0)
@@ -37,7 +28,7 @@ async fn a_registry_imports_once_and_links_insurance_changes() {
     let relay = Relay::new("insured_import_good");
     let out = relay.run(&["migrate"]);
     assert!(out.status.success(), "migrate: {}", stderr(&out));
-    let db = connect(&relay).await;
+    let db = relay.connect().await;
 
     // A dry run checks against the registry and writes nothing.
     let out = import(&relay, &["--dry-run", GOOD]);
@@ -140,7 +131,7 @@ async fn a_shift_jis_file_from_excel_is_imported_intact() {
     assert_line(&stdout(&out), "encoding:         Shift_JIS (Windows-31J)");
     assert_line(&stdout(&out), "coverages added:  2");
 
-    let db = connect(&relay).await;
+    let db = relay.connect().await;
     let row = db
         .query_one(
             "SELECT i.name, i.name_kana, p.address, i.birth_date::text
@@ -173,7 +164,7 @@ async fn bad_files_are_refused_whole_with_every_error() {
     let relay = Relay::new("insured_import_bad");
     let out = import(&relay, &[GOOD]);
     assert!(out.status.success(), "import: {}", stderr(&out));
-    let db = connect(&relay).await;
+    let db = relay.connect().await;
     assert_eq!(count(&db, "SELECT count(*) FROM insured_persons").await, 6);
 
     let out = import(&relay, &[BAD]);

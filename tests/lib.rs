@@ -119,6 +119,16 @@ impl Relay {
         panic!("relay serve did not listen; log:\n{}", self.log());
     }
 
+    /// A client on this relay's database, for looking at what a command wrote.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.listen)
     }

@@ -5,20 +5,11 @@
 
 use relay_e2e::*;
 use serde_json::{Value, json};
-use tokio_postgres::NoTls;
 
 const SEED: &str = "../shared/data/contraindications-seed.csv";
 const YAKKA: &str = "../shared/data/mhlw-yakka-list-20250716.csv";
 const VENDOR: &str = "vendor-2026-11";
 const HEADER: &str = "ingredient_a,route_a,ingredient_b,route_b,basis\n";
-
-async fn connect(relay: &Relay) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&relay.database_url, NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
-}
 
 /// Pairs per table, e.g. `[("seed", 81), ("vendor-2026-11", 3)]`.
 async fn tables(db: &tokio_postgres::Client) -> Vec<(String, i64)> {
@@ -99,7 +90,7 @@ async fn contraindication_tables_are_replaced_or_added_to_one_at_a_time() {
     }
     let out = relay.run(&["migrate"]);
     assert!(out.status.success(), "migrate: {}", stderr(&out));
-    let db = connect(&relay).await;
+    let db = relay.connect().await;
     // The drug master first: unknown ingredient names are judged against it.
     let (report, _) = import(&relay, &["--yakka", YAKKA]);
     assert_eq!(report["drugs"], 12434);

@@ -360,8 +360,8 @@ pub async fn import(
     file: &[NumberedPair],
 ) -> Result<Report, tokio_postgres::Error> {
     master::lock_contraindications(tx).await?;
-    let existing = master::contraindications_of_table(tx, table.as_str()).await?;
-    let others: HashSet<PairKey> = master::contraindications_of_other_tables(tx, table.as_str())
+    let existing = master::contraindications_by_table(tx, table.as_str(), true).await?;
+    let others: HashSet<PairKey> = master::contraindications_by_table(tx, table.as_str(), false)
         .await?
         .iter()
         .map(PairKey::of)

@@ -109,38 +109,21 @@ pub async fn lock_contraindications(tx: &Transaction<'_>) -> Result<(), Error> {
         .await
 }
 
-/// The pairs of one named table, in import order.
-pub async fn contraindications_of_table(
+/// The pairs of one named table (`of_table`), or of every table but that one (for telling
+/// which pairs of an import other tables list too), in import order.
+pub async fn contraindications_by_table(
     client: &impl GenericClient,
     table: &str,
+    of_table: bool,
 ) -> Result<Vec<ContraindicationRecord>, Error> {
     let stmt = client
         .prepare_cached(
             "SELECT ingredient_a, route_a, ingredient_b, route_b, basis FROM contraindications \
-             WHERE table_name = $1 ORDER BY id",
+             WHERE (table_name = $1) = $2 ORDER BY id",
         )
         .await?;
     client
-        .query(&stmt, &[&table])
-        .await?
-        .iter()
-        .map(contraindication)
-        .collect()
-}
-
-/// The pairs of every table but one, for telling which pairs of an import other tables list too.
-pub async fn contraindications_of_other_tables(
-    client: &impl GenericClient,
-    table: &str,
-) -> Result<Vec<ContraindicationRecord>, Error> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT ingredient_a, route_a, ingredient_b, route_b, basis FROM contraindications \
-             WHERE table_name <> $1 ORDER BY id",
-        )
-        .await?;
-    client
-        .query(&stmt, &[&table])
+        .query(&stmt, &[&table, &of_table])
         .await?
         .iter()
         .map(contraindication)

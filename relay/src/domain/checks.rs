@@ -1126,4 +1126,62 @@ mod tests {
         assert_eq!(uncovered(&other_route, &by).len(), 1);
         assert_eq!(uncovered(&generic, &[]).len(), 1);
     }
+
+    /// Every pair of `contraindications-seed.csv`, with a real product of the MHLW list on each
+    /// side (its whole ingredient list, combinations split), is found with either side new.
+    #[test]
+    fn every_seed_contraindication_is_found_in_both_orders_with_real_products() {
+        use crate::domain::master::{parse_contraindications, parse_yakka_list};
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        let open = |name: &str| std::fs::File::open(data.join(name)).expect("shared data");
+        let drugs = parse_yakka_list(std::io::BufReader::new(open(
+            "mhlw-yakka-list-20250716.csv",
+        )))
+        .expect("yakka list");
+        let records =
+            parse_contraindications(open("contraindications-seed.csv")).expect("seed table");
+        let pairs: Vec<Pair> = records.iter().map(Pair::from).collect();
+        // A product with `name` by `route` (any route for `*`), as engine ingredients.
+        let product = |name: &str, route: Option<&str>| {
+            drugs
+                .iter()
+                .find(|d| {
+                    d.ingredients.iter().any(|i| i == name)
+                        && route.is_none_or(|r| d.route.as_str() == r)
+                })
+                .map(|d| {
+                    let ings = d
+                        .ingredients
+                        .iter()
+                        .map(|i| Ingredient::new(i.as_str(), d.route.as_str()))
+                        .collect::<Vec<_>>();
+                    (d.product_name.clone(), ings)
+                })
+        };
+        assert_eq!(pairs.len(), 81);
+        for p in &pairs {
+            let a = product(&p.a, p.route_a.as_deref())
+                .unwrap_or_else(|| panic!("no product of {} in the master", p.a));
+            let b = product(&p.b, p.route_b.as_deref())
+                .unwrap_or_else(|| panic!("no product of {} in the master", p.b));
+            for (new, old, new_ingredient) in [(&a, &b, &p.a), (&b, &a, &p.b)] {
+                let hits = run(
+                    &[new_line(0, &new.0, new.1.clone())],
+                    &[hist(&old.0, old.1.clone(), ago(1), 14)],
+                    &pairs,
+                    &opts(),
+                );
+                assert!(
+                    hits.iter()
+                        .any(|h| h.kind == HitKind::Contraindication
+                            && &h.ingredient == new_ingredient),
+                    "{} ({}) with {} ({}) in the history: {hits:?}",
+                    new.0,
+                    new_ingredient,
+                    old.0,
+                    if new_ingredient == &p.a { &p.b } else { &p.a },
+                );
+            }
+        }
+    }
 }
