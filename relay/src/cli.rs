@@ -157,7 +157,11 @@ pub enum InsuredCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(&cli.config_dir)?;
+    let mut settings = Settings::load(&cli.config_dir)?;
+    if !matches!(cli.command, Command::Serve) {
+        // `statement_timeout` bounds request handling; migrations and imports may take longer.
+        settings.database.statement_timeout_ms = 0;
+    }
     telemetry::init(&settings.log);
     match cli.command {
         Command::Serve => {

@@ -1,7 +1,7 @@
 //! Layered configuration: `config/default.toml`, then `config/{RELAY_ENV}.toml`, then the git-ignored
 //! `config/local.toml`, then `RELAY_…` environment variables (`__` separates nested keys, so
-//! `RELAY_THROTTLE__IDENTITY_LIMIT=3`). `RELAY_DATABASE_URL` and `RELAY_LISTEN` are top-level keys so
-//! they always work as the contract promises.
+//! `RELAY_THROTTLE__IDENTITY_LIMIT=3`). `RELAY_DATABASE_URL`, `RELAY_LISTEN` and `RELAY_SMTP_URL` are
+//! top-level keys so they always work as the contract promises.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,19 @@ pub struct Settings {
     pub listen: String,
     /// `postgres://` URL. Never logged as is: see [`DatabaseUrl`].
     pub database_url: DatabaseUrl,
+    /// `RELAY_ENV` (`local` unless set): which `config/{env}.toml` was read. `production` requires
+    /// SMTP (see [`MailSettings::smtp_required`]).
+    #[serde(default = "default_env")]
+    pub env: String,
+    /// `smtp://`, `smtp://…?tls=required|opportunistic` or `smtps://` URL of the mail server,
+    /// credentials in the userinfo. Unset: mail is written to files in `[mail] dir`. Never logged
+    /// as is: see [`SmtpUrl`].
+    #[serde(default)]
+    pub smtp_url: Option<SmtpUrl>,
+    #[serde(default)]
+    pub mail: MailSettings,
+    #[serde(default)]
+    pub jobs: JobSettings,
     #[serde(default)]
     pub database: DatabaseSettings,
     #[serde(default)]
@@ -32,6 +45,101 @@ pub struct Settings {
     pub eligibility: EligibilitySettings,
     #[serde(default)]
     pub checks: ChecksSettings,
+    #[serde(default)]
+    pub fallbacks: FallbackSettings,
+}
+
+fn default_env() -> String {
+    "local".into()
+}
+
+/// The mail outbox and its delivery worker (`relay/src/mail/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MailSettings {
+    /// The `From` of every message (a display name in Japanese is fine). Its domain also names
+    /// the messages: `Message-ID: <{outbox id}@{domain}>`.
+    pub from: String,
+    /// Without `smtp_url`, each message is written here as `{outbox id}.eml`.
+    pub dir: PathBuf,
+    /// Refuse to start without `smtp_url` (always so when `RELAY_ENV=production`).
+    pub require_smtp: bool,
+    /// Delivery attempts before a message is dead-lettered (visible at `GET /v1/admin/outbox`).
+    pub max_attempts: i32,
+    /// Retry delay after the first failed attempt; it doubles with each further attempt (with
+    /// jitter), up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// How often the worker looks for due messages.
+    pub poll_interval_ms: u64,
+    /// Messages delivered per pass of the worker (each in its own transaction).
+    pub batch_size: i64,
+    /// How long one SMTP conversation may take before it counts as a failed attempt.
+    pub smtp_timeout_ms: u64,
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        Self {
+            from: "電子処方箋リレー <relay@localhost>".into(),
+            dir: PathBuf::from(".local/mail"),
+            require_smtp: false,
+            max_attempts: 10,
+            backoff_base_ms: 60_000,
+            backoff_max_ms: 3_600_000,
+            poll_interval_ms: 2_000,
+            batch_size: 20,
+            smtp_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl MailSettings {
+    /// Whether the relay must not start without `smtp_url`.
+    pub fn smtp_required(&self, env: &str) -> bool {
+        self.require_smtp || env == "production"
+    }
+}
+
+/// Periodic jobs started with the server (`relay/src/jobs.rs`), each at a random offset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct JobSettings {
+    /// Run the periodic jobs (mail worker, reminders) in `relay serve`. Tests that drive the
+    /// worker themselves turn this off.
+    pub enabled: bool,
+    /// How often the reminder jobs run (`crate::reminders::run_once`).
+    pub reminder_interval_seconds: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reminder_interval_seconds: 300,
+        }
+    }
+}
+
+/// The outage fallback's reminders (domain.md §8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct FallbackSettings {
+    /// A prescription held `dispensing` without a result for longer than this is listed as aging
+    /// and its pharmacy reminded once (the "調剤中 forever" problem).
+    pub held_reminder_hours: i64,
+    /// A FAXed prescription's original not posted, or posted and not recorded as received, this
+    /// many days later is reminded once (to the clinic, resp. the pharmacy).
+    pub original_reminder_days: i32,
+}
+
+impl Default for FallbackSettings {
+    fn default() -> Self {
+        Self {
+            held_reminder_hours: 24,
+            original_reminder_days: 7,
+        }
+    }
 }
 
 /// Duplicate/contraindication checks (domain.md §7).
@@ -101,10 +209,19 @@ pub struct DocumentSettings {
 #[serde(default)]
 pub struct DatabaseSettings {
     pub pool_size: usize,
-    /// How long a request waits for a pooled connection before answering 503.
+    /// How long a request waits for a pooled connection (and a new connection for its TCP connect
+    /// and start-up) before answering 503; also bounds `/readyz` and a liveness probe.
     pub acquire_timeout_ms: u64,
     /// Applies migrations when `relay serve` starts (also available as `relay migrate`).
     pub migrate_on_start: bool,
+    /// PostgreSQL `statement_timeout` of every session of `relay serve` (0: none): a statement
+    /// that runs or waits for a lock longer is cancelled and the request answers 503. One-shot
+    /// commands (`migrate`, imports) run without it.
+    pub statement_timeout_ms: u64,
+    /// While an answer is owed and the server has sent nothing for this long, the relay checks
+    /// the server with a fresh connection (answered within `acquire_timeout_ms`, or the connection
+    /// is closed and the request answers 503). 0: never (a blackholed connection may hang).
+    pub response_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -113,6 +230,8 @@ impl Default for DatabaseSettings {
             pool_size: 16,
             acquire_timeout_ms: 2_000,
             migrate_on_start: true,
+            statement_timeout_ms: 10_000,
+            response_timeout_ms: 3_000,
         }
     }
 }
@@ -197,6 +316,45 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// An SMTP URL (`smtp://user:password@host:587?tls=required`) whose password never reaches a log
+/// line or a `Debug` print.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SmtpUrl(String);
+
+impl SmtpUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for messages.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl From<String> for SmtpUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for SmtpUrl {
+    fn from(url: &str) -> Self {
+        Self(url.into())
+    }
+}
+
+impl fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SmtpUrl({})", self.redacted())
+    }
+}
+
 fn redact_url(url: &str) -> String {
     // postgres://user:password@host/db → postgres://user:***@host/db
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -222,6 +380,7 @@ impl Settings {
         let built = config::Config::builder()
             .set_default("listen", "127.0.0.1:8080")?
             .set_default("database_url", "postgres://relay@127.0.0.1:5432/relay")?
+            .set_override("env", env.as_str())?
             .add_source(config::File::from(config_dir.join("default.toml")).required(false))
             .add_source(config::File::from(config_dir.join(format!("{env}.toml"))).required(false))
             .add_source(config::File::from(config_dir.join("local.toml")).required(false))
@@ -236,10 +395,19 @@ impl Settings {
     }
 
     /// Defaults for everything but the database: for tests and tools that build settings in code.
+    /// Without SMTP, their mail goes to files in `$TMPDIR/relay-mail`.
     pub fn with_database(database_url: DatabaseUrl) -> Self {
         Self {
             listen: "127.0.0.1:0".into(),
             database_url,
+            env: default_env(),
+            smtp_url: None,
+            // Not into the working directory (tests run in the source tree).
+            mail: MailSettings {
+                dir: std::env::temp_dir().join("relay-mail"),
+                ..MailSettings::default()
+            },
+            jobs: JobSettings::default(),
             database: DatabaseSettings::default(),
             auth: AuthSettings::default(),
             throttle: ThrottleSettings::default(),
@@ -248,6 +416,7 @@ impl Settings {
             documents: DocumentSettings::default(),
             eligibility: EligibilitySettings::default(),
             checks: ChecksSettings::default(),
+            fallbacks: FallbackSettings::default(),
         }
     }
 
@@ -272,5 +441,27 @@ mod tests {
             DatabaseUrl::new("postgres://relay@h/db").redacted(),
             "postgres://relay@h/db"
         );
+    }
+
+    #[test]
+    fn smtp_passwords_are_redacted() {
+        let url = SmtpUrl::new("smtp://relay%40example.jp:s3cret@mail.example.jp:587?tls=required");
+        assert_eq!(
+            url.redacted(),
+            "smtp://relay%40example.jp:***@mail.example.jp:587?tls=required"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn production_requires_smtp() {
+        let mail = MailSettings::default();
+        assert!(mail.smtp_required("production"));
+        assert!(!mail.smtp_required("local"));
+        let strict = MailSettings {
+            require_smtp: true,
+            ..MailSettings::default()
+        };
+        assert!(strict.smtp_required("local"));
     }
 }

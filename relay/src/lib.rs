@@ -5,6 +5,7 @@
 //! - [`db`]: every SQL statement, one module per table; returns domain values.
 //! - [`http`]: routes, extractors, JSON shapes and the only place that knows status codes.
 //! - [`auth`]: signing keys, JWT minting and verification, JWKS.
+//! - [`mail`]: delivery of the mail outbox (SMTP or files); [`jobs`]: periodic jobs.
 //! - [`startup`], [`config`], [`telemetry`], [`cli`], [`seed`]: process plumbing;
 //!   [`registry_import`], [`contraindication_import`]: the CSV imports behind the commands.
 
@@ -16,7 +17,10 @@ pub mod db;
 pub mod documents;
 pub mod domain;
 pub mod http;
+pub mod jobs;
+pub mod mail;
 pub mod registry_import;
+pub mod reminders;
 pub mod seed;
 pub mod startup;
 pub mod telemetry;

@@ -1,8 +1,10 @@
 //! Builds the server from settings and a listener (tests bind port 0), with graceful shutdown:
-//! actix-web stops accepting on SIGTERM/SIGINT and lets in-flight requests finish.
+//! actix-web stops accepting on SIGTERM/SIGINT and lets in-flight requests finish; then the
+//! periodic jobs stop (the mail worker after the delivery it is making).
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
@@ -14,6 +16,8 @@ use crate::config::Settings;
 use crate::db::{self, Pool};
 use crate::documents::fonts::Fonts;
 use crate::http::{self, AppState};
+use crate::jobs::Jobs;
+use crate::mail::{self, Transport};
 use crate::telemetry::PrivacyRootSpan;
 
 pub struct Application {
@@ -21,6 +25,9 @@ pub struct Application {
     server: Server,
     pool: Pool,
     keys: KeySet,
+    jobs: Jobs,
+    /// How long the jobs may take to finish after the server stopped.
+    jobs_grace: Duration,
 }
 
 /// Loads (or on first run creates) the signing key, saying which.
@@ -41,6 +48,8 @@ pub fn load_keys(settings: &Settings) -> anyhow::Result<KeySet> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before anything else: production without SMTP must not even bind its port.
+        Transport::from_settings(&settings).context("mail")?;
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let keys = load_keys(&settings)?;
@@ -53,6 +62,7 @@ impl Application {
         listener: TcpListener,
         keys: KeySet,
     ) -> anyhow::Result<Self> {
+        let transport = Arc::new(Transport::from_settings(&settings).context("mail")?);
         let fonts = Fonts::discover(
             settings.documents.font_path.as_deref(),
             settings.documents.font_index,
@@ -71,10 +81,23 @@ impl Application {
             }
         }
         let port = listener.local_addr()?.port();
+        let settings = Arc::new(settings);
+        match &*transport {
+            Transport::Smtp { .. } => {
+                tracing::info!(backend = %transport.describe(), "mail delivery")
+            }
+            Transport::Files { .. } => tracing::warn!(
+                backend = %transport.describe(),
+                "mail is written to files, not sent: set RELAY_SMTP_URL to deliver it"
+            ),
+        }
+        let jobs = start_jobs(&pool, &settings, transport)?;
+        let jobs_grace =
+            Duration::from_millis(settings.mail.smtp_timeout_ms) + Duration::from_secs(5);
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             keys: keys.clone(),
-            settings: Arc::new(settings),
+            settings,
             fonts: Arc::new(fonts),
         });
         let server = HttpServer::new(move || {
@@ -95,6 +118,8 @@ impl Application {
             server,
             pool,
             keys,
+            jobs,
+            jobs_grace,
         })
     }
 
@@ -110,12 +135,60 @@ impl Application {
         &self.keys
     }
 
-    /// Serves until SIGTERM/SIGINT (or a stop through the server handle), then drains.
+    /// Serves until SIGTERM/SIGINT (or a stop through the server handle), then drains, then stops
+    /// the periodic jobs.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.jobs.shutdown(self.jobs_grace).await;
+        served
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
     }
+}
+
+/// The periodic jobs of a serving relay (unless `[jobs] enabled = false`): the mail worker every
+/// `[mail] poll_interval_ms`, the reminders every `[jobs] reminder_interval_seconds`.
+fn start_jobs(
+    pool: &Pool,
+    settings: &Arc<Settings>,
+    transport: Arc<Transport>,
+) -> anyhow::Result<Jobs> {
+    let mut jobs = Jobs::new();
+    if !settings.jobs.enabled {
+        tracing::info!("periodic jobs are off ([jobs] enabled = false): mail is not delivered");
+        return Ok(jobs);
+    }
+    let worker = mail::Worker::with_transport(pool.clone(), settings, transport)
+        .context("mail")?
+        .with_shutdown(jobs.shutdown_signal());
+    jobs.spawn_periodic(
+        "mail",
+        Duration::from_millis(settings.mail.poll_interval_ms),
+        move || {
+            let worker = worker.clone();
+            async move {
+                if let Err(e) = worker.drain().await {
+                    tracing::warn!(error = %e, "mail worker: database error; trying again later");
+                }
+            }
+        },
+    );
+    let (pool, settings) = (pool.clone(), settings.clone());
+    jobs.spawn_periodic(
+        "reminders",
+        Duration::from_secs(settings.jobs.reminder_interval_seconds),
+        move || {
+            let (pool, settings) = (pool.clone(), settings.clone());
+            async move {
+                match crate::reminders::run_once(&pool, &settings).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(reminders = n, "reminders written to the outbox"),
+                    Err(e) => tracing::warn!(error = %e, "reminders failed; trying again later"),
+                }
+            }
+        },
+    );
+    Ok(jobs)
 }

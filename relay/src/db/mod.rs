@@ -3,22 +3,28 @@
 //! transaction; statements are prepared once per connection (`prepare_cached`).
 
 pub mod checks;
+pub mod connection;
 pub mod disasters;
 pub mod events;
 pub mod facilities;
+pub mod fallbacks;
 pub mod idempotency;
 pub mod insured;
 pub mod master;
+pub mod outages;
+pub mod outbox;
 pub mod prescriptions;
 pub mod qualifications;
 pub mod staff;
 pub mod throttle;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use deadpool_postgres::{GenericClient, Pool};
-use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime,
+};
 
 use crate::config::Settings;
 use crate::domain::identifiers::InsuranceIdentity;
@@ -80,12 +86,15 @@ impl From<tokio_postgres::Error> for DbError {
         use tokio_postgres::error::SqlState;
         let connection_lost = e.is_closed()
             || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        // QUERY_CANCELED: the relay never cancels statements itself, so this is
+        // `statement_timeout` (a lock held elsewhere, an overloaded server): retry later.
         let server_going_away = e.code().is_some_and(|c| {
             [
                 SqlState::ADMIN_SHUTDOWN,
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::QUERY_CANCELED,
             ]
             .contains(c)
         });
@@ -117,7 +126,11 @@ pub enum PoolSetupError {
     Build(#[from] deadpool_postgres::BuildError),
 }
 
-/// A pool that never makes a request wait longer than `acquire_timeout_ms` for a connection.
+/// A pool whose every wait is bounded: `acquire_timeout_ms` for a pooled connection, for the TCP
+/// connect and for a new connection's start-up; `statement_timeout_ms` for each statement (in
+/// the server); `response_timeout_ms` plus a probe for a connection that went silent
+/// ([`connection`]). Connections older than the last detected loss are discarded at checkout, so
+/// after the database comes back the pool refills with fresh ones by itself.
 pub fn pool(settings: &Settings) -> Result<Pool, PoolSetupError> {
     let mut pg: tokio_postgres::Config =
         settings
@@ -128,23 +141,48 @@ pub fn pool(settings: &Settings) -> Result<Pool, PoolSetupError> {
                 url: settings.database_url.redacted(),
                 source,
             })?;
-    let timeout = Duration::from_millis(settings.database.acquire_timeout_ms);
+    let db = &settings.database;
+    let timeout = Duration::from_millis(db.acquire_timeout_ms);
     pg.connect_timeout(timeout);
     if pg.get_application_name().is_none() {
         pg.application_name("relay");
     }
-    let manager = Manager::from_config(
+    if db.statement_timeout_ms > 0 {
+        let set = format!("-c statement_timeout={}", db.statement_timeout_ms);
+        let options = match pg.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {set}"),
+            _ => set,
+        };
+        pg.options(&options);
+    }
+    let health = Arc::new(connection::Health::default());
+    let connector = connection::Connector {
+        response_timeout: (db.response_timeout_ms > 0)
+            .then(|| Duration::from_millis(db.response_timeout_ms)),
+        probe_timeout: timeout,
+        health: health.clone(),
+    };
+    let manager = Manager::from_connect(
         pg,
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
     Ok(Pool::builder(manager)
-        .max_size(settings.database.pool_size)
+        .max_size(db.pool_size)
         .wait_timeout(Some(timeout))
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
+        .pre_recycle(Hook::sync_fn(move |_, metrics| {
+            if health.predates_loss(metrics.created) {
+                Err(HookError::message(
+                    "opened before a connection to the database was found dead",
+                ))
+            } else {
+                Ok(())
+            }
+        }))
         .runtime(Runtime::Tokio1)
         .build()?)
 }
@@ -154,19 +192,24 @@ mod embedded {
 }
 
 /// Applies the migrations in `sql/` that have not run yet. Concurrent relays serialise on an
-/// advisory lock so only one applies them.
+/// advisory lock so only one applies them. Migrations (and the wait for the lock) run without
+/// `statement_timeout`; the session's setting is restored before the connection returns to the
+/// pool.
 pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<String>> {
     const LOCK: i64 = 0x7265_6c61_7900; // "relay\0"
     let mut client = pool.get().await?;
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
         .await?;
     let report = embedded::migrations::runner()
         .run_async(&mut **client)
         .await;
-    client
+    let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
-        .await?;
+        .await;
+    client.batch_execute("RESET statement_timeout").await?;
+    unlocked?;
     let report = report?;
     Ok(report
         .applied_migrations()
@@ -175,9 +218,19 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// For `/readyz`: a round trip to the database.
+/// For `/readyz`: a round trip to the database, within the pool's wait timeout all told.
 pub async fn ping(pool: &Pool) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    client.simple_query("SELECT 1").await?;
-    Ok(())
+    let limit = pool.timeouts().wait.unwrap_or(Duration::from_secs(2));
+    let round_trip = async {
+        let client = pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    };
+    tokio::time::timeout(limit, round_trip)
+        .await
+        .unwrap_or_else(|_| {
+            Err(DbError::Unavailable(format!(
+                "no answer from the database within {limit:?}"
+            )))
+        })
 }

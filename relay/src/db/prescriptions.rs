@@ -39,6 +39,8 @@ pub struct Record {
     pub qualification_id: Option<Uuid>,
     /// The check run inside registration and what let it through.
     pub check: CheckLink,
+    /// The e-prescription this paper reissue replaces (outage fallback).
+    pub replaces: Option<Uuid>,
 }
 
 /// The duplicate/contraindication check run inside a registration or a dispensing, the override
@@ -53,7 +55,7 @@ pub struct CheckLink {
 const COLUMNS: &str = "id, issuer_code, issued_by, issue_type, status, exchange_number, issued_on,
     refill_count, valid_until, uses_dispensed, next_refill_date, document, holder_code, held_since,
     cancellation_pending, cancellation_reason, cancelled_at, has_important_note, created_at, updated_at,
-    qualification_id, check_id, override_check_id, check_unavailable_acknowledged";
+    qualification_id, check_id, override_check_id, check_unavailable_acknowledged, replaces";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
     let issue_type: String = row.get(3);
@@ -94,6 +96,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, DbError> {
             override_check_id: row.get(22),
             unavailable_acknowledged: row.get(23),
         },
+        replaces: row.get(24),
     })
 }
 
@@ -240,9 +243,14 @@ fn number_params<'a>(
 
 /// A registered prescription's use is receivable on `$8` (the first use through 使用期限, a later
 /// refill use within 7 days of its planned date): the SQL twin of `Validity::window`.
+/// A paper reissue is receivable only once the e-prescription it replaces is cancelled, so the
+/// two can never both be dispensed.
 const RECEIVABLE_ON_8: &str =
     "CASE WHEN uses_dispensed = 0 OR next_refill_date IS NULL THEN $8 <= valid_until
-    ELSE $8 BETWEEN next_refill_date - 7 AND next_refill_date + 7 END";
+    ELSE $8 BETWEEN next_refill_date - 7 AND next_refill_date + 7 END
+    AND (replaces IS NULL OR EXISTS (SELECT 1 FROM prescriptions replaced
+                                     WHERE replaced.id = prescriptions.replaces
+                                       AND replaced.status = 'cancelled'))";
 
 /// The receive by 引換番号: one statement that moves a receivable prescription matching the number
 /// and the whole insurance identity (and the birth date when given) to `dispensing`, held by
@@ -338,6 +346,59 @@ pub async fn set_cancellation_pending(
 }
 
 /// 受付取消: back to `registered`, no holder.
+/// Prescriptions held `dispensing` since before `hours` ago (the "調剤中 forever" list), of one
+/// pharmacy or of all, longest held first.
+pub async fn held_longer_than(
+    c: &impl GenericClient,
+    pharmacy: Option<&str>,
+    hours: i64,
+) -> Result<Vec<Record>, DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM prescriptions
+              WHERE status = 'dispensing' AND held_since < now() - make_interval(hours => $2)
+                AND ($1::text IS NULL OR holder_code = $1)
+              ORDER BY holder_code, held_since LIMIT 5000"
+        ))
+        .await?;
+    let hours = i32::try_from(hours).unwrap_or(i32::MAX);
+    c.query(&stmt, &[&pharmacy, &hours])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// Links a paper reissue to the e-prescription it replaces.
+pub async fn set_replaces(c: &impl GenericClient, id: Uuid, replaces: Uuid) -> Result<(), DbError> {
+    let stmt = c
+        .prepare_cached("UPDATE prescriptions SET replaces = $2 WHERE id = $1")
+        .await?;
+    c.execute(&stmt, &[&id, &replaces]).await?;
+    Ok(())
+}
+
+/// The replaced e-prescription was dispensed after all: its paper reissue is cancelled so the two
+/// can never both be dispensed. Returns the reissue cancelled, if any.
+pub async fn cancel_replacement_of(
+    c: &impl GenericClient,
+    replaced: Uuid,
+    reason: &str,
+) -> Result<Option<Uuid>, DbError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE prescriptions
+                SET status = 'cancelled', cancellation_reason = $2, cancelled_at = now(),
+                    updated_at = now()
+              WHERE replaces = $1 AND status IN ('registered', 'expired')
+             RETURNING id",
+        )
+        .await?;
+    Ok(c.query_opt(&stmt, &[&replaced, &reason])
+        .await?
+        .map(|r| r.get(0)))
+}
+
 pub async fn set_released(c: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
     let stmt = c
         .prepare_cached(

@@ -20,6 +20,7 @@ use krilla::text::{GlyphId, KrillaGlyph};
 use super::QrMatrix;
 use super::fonts::{Fonts, Weight};
 use crate::domain::document::DocumentInput;
+use crate::domain::facility::Facility;
 use crate::domain::prescription::{
     DosageForm, Drug, Prescription, PublicExpense, Relationship, Rp, Sex,
 };
@@ -1843,6 +1844,107 @@ fn qr_module(q: &QrMatrix, target: f32, min: f32, max: f32) -> f32 {
 /// Side of the symbol with its quiet zone.
 fn qr_extent(q: &QrMatrix, module: f32) -> f32 {
     (q.width + 8) as f32 * module
+}
+
+/// One prescription in a cover letter.
+#[derive(Debug, Clone)]
+pub struct CoverLetterRow {
+    pub exchange_number: String,
+    pub patient_name: String,
+    pub issued_on: Date,
+    pub faxed_on: Option<Date>,
+}
+
+/// 処方箋原本送付状: the cover letter a clinic puts in the envelope with the paper originals of
+/// prescriptions it FAXed to `pharmacy`, listing each (引換番号, patient, 交付年月日, FAX date) so
+/// the pharmacy can compare them with the FAXes. A5 portrait, 18 rows a page, pages numbered.
+pub fn render_cover_letter(
+    clinic: &Facility,
+    pharmacy: &Facility,
+    today: Date,
+    rows: &[CoverLetterRow],
+    fonts: &Fonts,
+) -> Result<Rendered, PdfError> {
+    const L: f32 = 12.0;
+    const R: f32 = PAGE_W - 12.0;
+    const ROWS_PER_PAGE: usize = 18;
+    let chunks: Vec<&[CoverLetterRow]> = if rows.is_empty() {
+        vec![&[]]
+    } else {
+        rows.chunks(ROWS_PER_PAGE).collect()
+    };
+    let total = chunks.len();
+    let mut pages = Vec::new();
+    for (page_no, chunk) in chunks.iter().enumerate() {
+        let mut s = Sheet::new(fonts);
+        s.text_center(PAGE_W / 2.0, 10.0, 16.0, Bold, "処方箋原本送付状");
+        s.text_right(R, 20.0, 8.5, Regular, &wareki(today));
+        let mut y = 26.0;
+        let to = format!("{}　御中", pharmacy.name);
+        s.text(L, y, 11.0, Bold, &to);
+        y += em(11.0) + 4.0;
+        s.text_right(R, y, 9.0, Bold, &clinic.name);
+        y += em(9.0) + 1.0;
+        for line in [clinic.address.as_deref(), clinic.phone.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            s.text_right(R, y, 7.5, Regular, line);
+            y += em(7.5) + 0.5;
+        }
+        y += 3.0;
+        y = s.paragraph(
+            L,
+            y,
+            R - L,
+            8.0,
+            Regular,
+            "下記の処方箋は、電子処方箋の代替としてFAXで送付したものです。原本を送付しますので、FAXとの照合をお願いいたします。",
+        );
+        y += 2.0;
+        s.text(L, y, 8.0, Regular, &format!("同封枚数　{}枚", rows.len()));
+        y += em(8.0) + 3.0;
+        // The table: No. / 引換番号 / 患者氏名 / 交付年月日 / FAX送信日.
+        let cols = [L, L + 9.0, L + 30.0, L + 70.0, L + 97.0];
+        let head = ["No.", "引換番号", "患者氏名", "交付年月日", "FAX送信日"];
+        s.hline(L, R, y, 0.4);
+        for (x, h) in cols.iter().zip(head) {
+            s.text(*x + 1.0, y + 1.2, 7.5, Bold, h);
+        }
+        y += em(7.5) + 2.4;
+        s.hline(L, R, y, 0.3);
+        for (i, row) in chunk.iter().enumerate() {
+            let n = page_no * ROWS_PER_PAGE + i + 1;
+            let name_size = s.fit_size(
+                &row.patient_name,
+                Regular,
+                8.0,
+                5.0,
+                cols[3] - cols[2] - 2.0,
+            );
+            let cells = [
+                (n.to_string(), 8.0),
+                (group_digits(&row.exchange_number), 8.0),
+                (row.patient_name.clone(), name_size),
+                (wareki(row.issued_on), 7.0),
+                (row.faxed_on.map(wareki).unwrap_or_else(|| "-".into()), 7.0),
+            ];
+            for (x, (text, size)) in cols.iter().zip(cells) {
+                s.text(*x + 1.0, y + 1.4, size, Regular, &text);
+            }
+            y += em(8.0) + 2.6;
+            s.line_gray(L, y, R, y, 0.2, 150);
+        }
+        s.text_center(
+            PAGE_W / 2.0,
+            PAGE_H - 10.0,
+            7.0,
+            Regular,
+            &format!("{}/{}", page_no + 1, total),
+        );
+        pages.push(s.ops);
+    }
+    write_pdf(pages, fonts, "処方箋原本送付状")
 }
 
 // =================================================================================================

@@ -8,6 +8,7 @@ pub mod document;
 pub mod eligibility;
 pub mod errors;
 pub mod facility;
+pub mod fallback;
 pub mod identifiers;
 pub mod jahis;
 pub mod lifecycle;

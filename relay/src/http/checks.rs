@@ -243,7 +243,8 @@ async fn history_lines(
     let records: Vec<_> = prescriptions::history(c, &patient.identities, patient.birth_date, since)
         .await?
         .into_iter()
-        .filter(|r| Some(r.id) != exclude)
+        // A paper reissue and the e-prescription it replaces are one prescription.
+        .filter(|r| exclude.is_none() || (Some(r.id) != exclude && r.replaces != exclude))
         .collect();
     let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
     let mut dispensed = prescriptions::dispensings_of(c, &ids).await?;

@@ -164,6 +164,34 @@ pub fn jahis_symbols(doc: &DocumentInput) -> Result<(Vec<QrMatrix>, Vec<char>), 
     Ok((symbols, text.replaced.iter().map(|r| r.original).collect()))
 }
 
+/// Renders the paper prescription with its JAHIS symbols; also the characters they replaced.
+fn render_paper(
+    institution: &Facility,
+    prescription: &Prescription,
+    exchange_number: Option<&str>,
+    fonts: &crate::documents::fonts::Fonts,
+) -> Result<(pdf::Rendered, Vec<char>), String> {
+    let doc = DocumentInput {
+        institution,
+        prescription,
+        exchange_number,
+    };
+    let (symbols, replaced) = jahis_symbols(&doc)?;
+    let rendered = pdf::render_paper(&doc, &symbols, fonts).map_err(|e| e.to_string())?;
+    Ok((rendered, replaced))
+}
+
+/// The paper prescription PDF's bytes (the FAX fallback's attachment). Blocking: call it from
+/// `web::block`.
+pub fn paper_pdf_bytes(
+    institution: &Facility,
+    prescription: &Prescription,
+    exchange_number: Option<&str>,
+    fonts: &crate::documents::fonts::Fonts,
+) -> Result<Vec<u8>, String> {
+    render_paper(institution, prescription, exchange_number, fonts).map(|(r, _)| r.pdf)
+}
+
 /// The paper prescription (様式第二号 layout) as an A5 PDF carrying the JAHIS 2-D code; the
 /// document the paper and FAX fallbacks use.
 #[utoipa::path(
@@ -189,14 +217,12 @@ pub async fn paper_pdf(
     let (rendered, replaced) = web::block(move || {
         // Only a 紙の処方箋（引換番号付き） carries its 引換番号 on paper.
         let with_number = prescription.issue_type == IssueType::PaperWithExchangeNumber;
-        let doc = DocumentInput {
-            institution: &institution,
-            prescription: &prescription,
-            exchange_number: with_number.then_some(number.as_str()),
-        };
-        let (symbols, replaced) = jahis_symbols(&doc)?;
-        let rendered = pdf::render_paper(&doc, &symbols, &fonts).map_err(|e| e.to_string())?;
-        Ok::<_, String>((rendered, replaced))
+        render_paper(
+            &institution,
+            &prescription,
+            with_number.then_some(number.as_str()),
+            &fonts,
+        )
     })
     .await
     .map_err(render_failed)?

@@ -6,8 +6,11 @@ pub mod consultation;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod fallbacks;
 pub mod health;
 pub mod openapi;
+pub mod outages;
+pub mod outbox;
 pub mod prescriptions;
 pub mod qualifications;
 pub mod state;
@@ -42,6 +45,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(admin::declare_disaster)
     .service(admin::list_disasters)
     .service(admin::end_disaster)
+    .service(outages::declare)
+    .service(outages::list)
+    .service(outages::end_outage)
+    .service(outages::active)
+    .service(outbox::list)
+    .service(outbox::retry)
     .service(checks::create)
     .service(checks::get_one)
     .service(checks::verbal_consent)
@@ -62,6 +71,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(documents::sj1_csv)
     .service(documents::copy_pdf)
     .service(documents::paper_pdf)
+    .service(fallbacks::request)
+    .service(fallbacks::list)
+    .service(fallbacks::originals)
+    .service(fallbacks::cover_letter)
+    .service(fallbacks::get_one)
+    .service(fallbacks::resolve)
+    .service(fallbacks::withdraw)
+    .service(fallbacks::dispensed)
+    .service(fallbacks::original_mailed)
+    .service(fallbacks::original_received)
+    .service(fallbacks::held)
     .service(consultation::page)
     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()))
     .route(

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, checks, documents, health, prescriptions, qualifications};
+use super::{
+    admin, checks, documents, fallbacks, health, outages, outbox, prescriptions, qualifications,
+};
 
 const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
 exclusively by 引換番号 plus the insurance identity.
@@ -32,6 +34,11 @@ error the key may be used again.
 | 429 | TOO_MANY_ATTEMPTS | yes, after `Retry-After` seconds |
 | 500 | INTERNAL | yes, with the same `Idempotency-Key` |
 | 503 | DATABASE_UNAVAILABLE | yes, after `Retry-After`, with the same `Idempotency-Key` |
+| 503 | SERVICE_SUSPENDED | after `Retry-After` (the outage's planned end, else 300 s); meanwhile issue paper / use the paper or FAX fallback (`GET /v1/outages/active`) |
+| 404, 409 | OUTAGE_NOT_FOUND, OUTAGE_ALREADY_ENDED | no: the outage does not exist / is over (`state`) |
+| 409 | UNRESOLVED_CHECK_HITS, CHECK_UNAVAILABLE | not as is: reveal/override the carried `check` and send `check_id`, or acknowledge; use a new key |
+| 404, 409 | FALLBACK_NOT_FOUND, FALLBACK_STATE_CONFLICT, FALLBACK_EXISTS, NO_FAX_ADDRESS, REPLACED_PRESCRIPTION_OPEN, PRESCRIPTION_CLOSED | not as is: the case is in `current_status` / already open (`fallback_id`) / needs a FAX address / the replaced e-prescription must be released first |
+| 404, 409 | OUTBOX_MESSAGE_NOT_FOUND, OUTBOX_MESSAGE_NOT_DEAD | no: only dead outbox messages are requeued (`message_status`) |
 "#;
 
 #[derive(OpenApi)]
@@ -47,6 +54,12 @@ error the key may be used again.
         admin::declare_disaster,
         admin::list_disasters,
         admin::end_disaster,
+        outages::declare,
+        outages::list,
+        outages::end_outage,
+        outages::active,
+        outbox::list,
+        outbox::retry,
         checks::create,
         checks::get_one,
         checks::verbal_consent,
@@ -67,6 +80,17 @@ error the key may be used again.
         documents::sj1_csv,
         documents::copy_pdf,
         documents::paper_pdf,
+        fallbacks::request,
+        fallbacks::list,
+        fallbacks::get_one,
+        fallbacks::resolve,
+        fallbacks::withdraw,
+        fallbacks::dispensed,
+        fallbacks::original_mailed,
+        fallbacks::original_received,
+        fallbacks::originals,
+        fallbacks::cover_letter,
+        fallbacks::held,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -75,6 +99,7 @@ error the key may be used again.
         (name = "checks", description = "重複投薬・併用禁忌: consent-gated details, 口頭同意, override"),
         (name = "eligibility", description = "資格確認: the card path, the fallback ladder, disaster mode"),
         (name = "documents", description = "SJ1 CSV, the 控え and the paper prescription"),
+        (name = "fallbacks", description = "outage fallback: cancel, paper or FAX, originals by post, aging"),
         (name = "admin", description = "registries (role admin)"),
         (name = "operations", description = "health and keys"),
     )

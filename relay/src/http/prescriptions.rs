@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::checks::{CheckContext, CheckRun, Draft, Pass, Patient, checked};
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, IdempotencyKey, JsonBytes, RawBody};
+use super::outages::{Suspended, ensure_running};
 use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
@@ -327,7 +328,7 @@ pub async fn registered_facility(
 }
 
 /// The caller's facility, which must be registered and of the expected kind.
-async fn own_facility(
+pub async fn own_facility(
     c: &impl GenericClient,
     caller: &Caller,
     kind: FacilityKind,
@@ -598,7 +599,7 @@ fn draft_from_sj1(
         (status = 401, body = Problem, description = "no, expired or invalid token"), (status = 403, body = Problem, description = "wrong role or facility"),
         (status = 409, body = Problem, description = "UNRESOLVED_CHECK_HITS (member `check`: the check, masked; `unresolved_hit_ids`): reveal with consent, override, send `check_id` with a new Idempotency-Key. CHECK_UNAVAILABLE (member `check`): the check could not run; send `acknowledge_check_unavailable: true`. Both are committed with the check."),
         (status = 422, body = Problem, description = "VALIDATION_FAILED (every bad field listed; `check_id`: UNKNOWN_CHECK, WRONG_CONTEXT, OTHER_PATIENT), IDEMPOTENCY_KEY_REUSED; do not retry as is"),
-        (status = 503, body = Problem, description = "DATABASE_UNAVAILABLE: retry with the same Idempotency-Key after Retry-After"),
+        (status = 503, body = Problem, description = "SERVICE_SUSPENDED during a declared outage (member outage; issue paper or use the paper/FAX fallback; Retry-After), DATABASE_UNAVAILABLE: retry with the same Idempotency-Key after Retry-After"),
     ),
     security(("bearer" = []))
 )]
@@ -637,6 +638,8 @@ pub async fn register(
             .collect(),
     };
     idempotent(&state, &req, &caller, &key, &canonical, async |tx| {
+        // A declared outage of issuing: the clinic issues paper (503 with the instruction).
+        ensure_running(tx, Suspended::Issuing).await?;
         let institution = own_facility(tx, &caller, FacilityKind::Clinic).await?;
         let mut prescription = match draft.validate(today()) {
             Ok(p) => p,
@@ -980,6 +983,7 @@ pub async fn receive(
     let identity_hash = identity.throttle_key();
     let pharmacy = caller.facility.as_str().to_string();
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        ensure_running(tx, Suspended::Receiving).await?;
         own_facility(tx, &caller, FacilityKind::Pharmacy).await?;
         for (recent, limit, whom) in [
             (
@@ -1091,6 +1095,16 @@ async fn received(
 /// Why a prescription the caller identified was not received: `Ok(Some)` when the caller
 /// already holds it (answered as a success), an error naming the state otherwise, or `Ok(None)`
 /// when it was released meanwhile and the receive should be tried once more.
+/// Whether `r` is a paper reissue whose replaced e-prescription is not cancelled yet.
+async fn replaced_still_open(tx: &impl GenericClient, r: &Record) -> Result<bool, DbError> {
+    Ok(match r.replaces {
+        Some(old) => prescriptions::get(tx, old)
+            .await?
+            .is_some_and(|o| o.status != Status::Cancelled),
+        None => false,
+    })
+}
+
 async fn why_not_received(
     tx: &impl GenericClient,
     state: &AppState,
@@ -1125,6 +1139,10 @@ async fn why_not_received(
             "the issuing institution cancelled this prescription; ask the patient for the new one or contact the clinic",
         )),
         Status::Expired => Err(expired_error(&r)),
+        Status::Registered if replaced_still_open(tx, &r).await? => Err(ApiError::conflict(
+            "REPLACED_PRESCRIPTION_OPEN",
+            "this paper reissue replaces an e-prescription whose cancellation is still pending (a pharmacy holds it); it can be received once that pharmacy releases it",
+        )),
         Status::Registered => match r.validity.window(today) {
             Window::NotYet { opens_on } => Err(ApiError::conflict(
                 "REFILL_NOT_DUE",
@@ -1194,6 +1212,7 @@ pub async fn receive_by_card(
     let id = parse_id(&id)?;
     let pharmacy = caller.facility.as_str().to_string();
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
+        ensure_running(tx, Suspended::Receiving).await?;
         own_facility(tx, &caller, FacilityKind::Pharmacy).await?;
         let q =
             super::qualifications::usable(tx, &caller, body.value.qualification_id, true).await?;
@@ -1322,6 +1341,7 @@ pub async fn release(
                 serde_json::json!({"reason": pending}),
             )
             .await?;
+            super::fallbacks::pending_cancellation_applied(tx, &r).await?;
             "cancelled"
         } else {
             prescriptions::set_released(tx, id).await?;
@@ -1454,6 +1474,12 @@ pub async fn dispense(
         )
         .await?;
         if r.cancellation_pending {
+            // This use was dispensed from the e-prescription: a paper reissue replacing it must
+            // not be dispensed as well.
+            super::fallbacks::replaced_prescription_dispensed(tx, &caller, &r).await?;
+            if next == Status::Cancelled {
+                super::fallbacks::pending_cancellation_applied(tx, &r).await?;
+            }
             let (action, detail) = if next == Status::Cancelled {
                 (
                     EventAction::CancellationApplied,

@@ -497,7 +497,8 @@ async fn an_unavailable_check_needs_an_explicit_acknowledgement_and_reveals_last
 
 #[tokio::test]
 async fn the_history_query_is_an_index_lookup_among_many_patients() {
-    let app = TestApp::spawn().await;
+    // The bulk set-up below may outlast the relay's statement_timeout on a loaded machine.
+    let app = TestApp::spawn_with(|s| s.database.statement_timeout_ms = 0).await;
     app.register(&prescription()).await;
     // 50,000 prescriptions of other patients (copies with other 被保険者番号).
     app.sql(
