@@ -347,6 +347,34 @@ async fn take_step(
     Ok(next)
 }
 
+/// A step request on the case `id`, as the handler received it.
+struct StepRequest<'a> {
+    state: &'a AppState,
+    req: &'a HttpRequest,
+    caller: &'a Caller,
+    key: &'a IdempotencyKey,
+    id: &'a str,
+    canonical: &'a [u8],
+}
+
+/// Takes `step` on the case in the request's transaction (after `validate` approves the case as
+/// it is) and answers with the case: the shape of every step but the resolution.
+async fn step_reply(
+    r: StepRequest<'_>,
+    step: Step,
+    change: Change<'_>,
+    detail: serde_json::Value,
+    validate: impl Fn(&FallbackRecord) -> Result<(), ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    idempotent(r.state, r.req, r.caller, r.key, r.canonical, async |tx| {
+        let f = own_case(tx, r.caller, r.id).await?;
+        validate(&f)?;
+        take_step(tx, r.caller, &f, step, &change, detail).await?;
+        reply_with(tx, f.id, StatusCode::OK).await
+    })
+    .await
+}
+
 async fn reply_with(
     tx: &impl GenericClient,
     id: Uuid,
@@ -818,19 +846,20 @@ pub async fn withdraw(
     if !e.is_empty() {
         return Err(ApiError::validation(e.into_vec()));
     }
-    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
-        let f = own_case(tx, &caller, &id).await?;
-        take_step(
-            tx,
-            &caller,
-            &f,
-            Step::Withdraw,
-            &Change::default(),
-            serde_json::json!({"reason": why}),
-        )
-        .await?;
-        reply_with(tx, f.id, StatusCode::OK).await
-    })
+    step_reply(
+        StepRequest {
+            state: &state,
+            req: &req,
+            caller: &caller,
+            key: &key,
+            id: &id,
+            canonical: &body.canonical,
+        },
+        Step::Withdraw,
+        Change::default(),
+        serde_json::json!({"reason": why}),
+        |_| Ok(()),
+    )
     .await
 }
 
@@ -862,23 +891,24 @@ pub async fn dispensed(
             "dispensed_on must not be in the future",
         ));
     }
-    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
-        let f = own_case(tx, &caller, &id).await?;
-        let change = Change {
-            dispensed_on: Some(on),
-            ..Change::default()
-        };
-        take_step(
-            tx,
-            &caller,
-            &f,
-            Step::Dispensed,
-            &change,
-            serde_json::json!({"dispensed_on": on}),
-        )
-        .await?;
-        reply_with(tx, f.id, StatusCode::OK).await
-    })
+    let change = Change {
+        dispensed_on: Some(on),
+        ..Change::default()
+    };
+    step_reply(
+        StepRequest {
+            state: &state,
+            req: &req,
+            caller: &caller,
+            key: &key,
+            id: &id,
+            canonical: &body.canonical,
+        },
+        Step::Dispensed,
+        change,
+        serde_json::json!({"dispensed_on": on}),
+        |_| Ok(()),
+    )
     .await
 }
 
@@ -921,24 +951,25 @@ pub async fn original_mailed(
     if !e.is_empty() {
         return Err(ApiError::validation(e.into_vec()));
     }
-    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
-        let f = own_case(tx, &caller, &id).await?;
-        let change = Change {
-            original_mailed_on: Some(on),
-            tracking: tracking.as_deref(),
-            ..Change::default()
-        };
-        take_step(
-            tx,
-            &caller,
-            &f,
-            Step::OriginalMailed,
-            &change,
-            serde_json::json!({"mailed_on": on, "tracking": tracking}),
-        )
-        .await?;
-        reply_with(tx, f.id, StatusCode::OK).await
-    })
+    let change = Change {
+        original_mailed_on: Some(on),
+        tracking: tracking.as_deref(),
+        ..Change::default()
+    };
+    step_reply(
+        StepRequest {
+            state: &state,
+            req: &req,
+            caller: &caller,
+            key: &key,
+            id: &id,
+            canonical: &body.canonical,
+        },
+        Step::OriginalMailed,
+        change,
+        serde_json::json!({"mailed_on": on, "tracking": tracking}),
+        |_| Ok(()),
+    )
     .await
 }
 
@@ -977,34 +1008,33 @@ pub async fn original_received(
     if !e.is_empty() {
         return Err(ApiError::validation(e.into_vec()));
     }
-    idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
-        let f = own_case(tx, &caller, &id).await?;
-        if let Some(mailed) = f.original_mailed_on
-            && r.received_on < mailed
-        {
-            return Err(ApiError::field(
+    let change = Change {
+        original_received_on: Some(r.received_on),
+        original_matches: Some(r.matches),
+        original_note: note.as_deref(),
+        ..Change::default()
+    };
+    step_reply(
+        StepRequest {
+            state: &state,
+            req: &req,
+            caller: &caller,
+            key: &key,
+            id: &id,
+            canonical: &body.canonical,
+        },
+        Step::OriginalReceived,
+        change,
+        serde_json::json!({"received_on": r.received_on, "matches": r.matches, "note": note}),
+        |f| match f.original_mailed_on {
+            Some(mailed) if r.received_on < mailed => Err(ApiError::field(
                 "received_on",
                 "BEFORE_MAILED",
                 format!("received_on is before the original was posted ({mailed})"),
-            ));
-        }
-        let change = Change {
-            original_received_on: Some(r.received_on),
-            original_matches: Some(r.matches),
-            original_note: note.as_deref(),
-            ..Change::default()
-        };
-        take_step(
-            tx,
-            &caller,
-            &f,
-            Step::OriginalReceived,
-            &change,
-            serde_json::json!({"received_on": r.received_on, "matches": r.matches, "note": note}),
-        )
-        .await?;
-        reply_with(tx, f.id, StatusCode::OK).await
-    })
+            )),
+            _ => Ok(()),
+        },
+    )
     .await
 }
 
