@@ -90,3 +90,18 @@ pub async fn name_of(c: &impl GenericClient, code: &str) -> Result<Option<String
         .await?;
     Ok(c.query_opt(&stmt, &[&code]).await?.map(|r| r.get(0)))
 }
+
+/// Every registered facility, by code, with the latest `updated_at` of them all (the directory's
+/// version; `None` when there are none).
+pub async fn list_all(
+    c: &impl GenericClient,
+) -> Result<(Vec<Facility>, Option<jiff::Timestamp>), DbError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, max(updated_at) OVER () FROM facilities ORDER BY code"
+        ))
+        .await?;
+    let rows = c.query(&stmt, &[]).await?;
+    let latest = rows.first().map(|r| r.get::<_, jiff::Timestamp>(9));
+    Ok((rows.iter().map(from_row).collect(), latest))
+}

@@ -14,6 +14,7 @@ pub mod master;
 pub mod outages;
 pub mod outbox;
 pub mod prescriptions;
+pub mod presends;
 pub mod qualifications;
 pub mod staff;
 pub mod throttle;

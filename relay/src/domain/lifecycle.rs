@@ -147,6 +147,10 @@ pub enum EventAction {
     CancellationApplied,
     CancellationRejected,
     Expired,
+    /// 事前送付: the issuing clinic forwarded it to the pharmacy the patient named.
+    Presend,
+    /// The pharmacy a prescription was pre-sent to marked it prepared (準備済み).
+    PresendPrepared,
 }
 
 impl EventAction {
@@ -161,6 +165,8 @@ impl EventAction {
             EventAction::CancellationApplied => "cancellation_applied",
             EventAction::CancellationRejected => "cancellation_rejected",
             EventAction::Expired => "expired",
+            EventAction::Presend => "presend",
+            EventAction::PresendPrepared => "presend_prepared",
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod checks;
 pub mod consultation;
+pub mod directory;
 pub mod documents;
 pub mod error;
 pub mod extract;
@@ -12,6 +13,7 @@ pub mod openapi;
 pub mod outages;
 pub mod outbox;
 pub mod prescriptions;
+pub mod presends;
 pub mod qualifications;
 pub mod state;
 pub mod tx;
@@ -68,6 +70,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(prescriptions::release)
     .service(prescriptions::dispense)
     .service(prescriptions::list_events)
+    .service(presends::presend)
+    .service(presends::list)
+    .service(presends::prepared)
+    .service(directory::directory)
     .service(documents::sj1_csv)
     .service(documents::copy_pdf)
     .service(documents::paper_pdf)

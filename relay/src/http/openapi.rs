@@ -4,7 +4,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, checks, documents, fallbacks, health, outages, outbox, prescriptions, qualifications,
+    admin, checks, directory, documents, fallbacks, health, outages, outbox, prescriptions,
+    presends, qualifications,
 };
 
 const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
@@ -38,6 +39,7 @@ error the key may be used again.
 | 404, 409 | OUTAGE_NOT_FOUND, OUTAGE_ALREADY_ENDED | no: the outage does not exist / is over (`state`) |
 | 409 | UNRESOLVED_CHECK_HITS, CHECK_UNAVAILABLE | not as is: reveal/override the carried `check` and send `check_id`, or acknowledge; use a new key |
 | 404, 409 | FALLBACK_NOT_FOUND, FALLBACK_STATE_CONFLICT, FALLBACK_EXISTS, NO_FAX_ADDRESS, REPLACED_PRESCRIPTION_OPEN, PRESCRIPTION_CLOSED | not as is: the case is in `current_status` / already open (`fallback_id`) / needs a FAX address / the replaced e-prescription must be released first |
+| 404, 409, 422 | PRESEND_NOT_FOUND, PRESCRIPTION_NOT_PRESENDABLE, PRESEND_NOT_CURRENT; `pharmacy` field: UNKNOWN_PHARMACY, NOT_ACCEPTING_E_PRESCRIPTIONS | no: only a registered prescription is pre-sent (`current_status`), to a registered pharmacy that takes e-prescriptions; a replaced presend or a prescription received elsewhere is no longer prepared |
 | 404, 409 | OUTBOX_MESSAGE_NOT_FOUND, OUTBOX_MESSAGE_NOT_DEAD | no: only dead outbox messages are requeued (`message_status`) |
 "#;
 
@@ -77,6 +79,10 @@ error the key may be used again.
         prescriptions::release,
         prescriptions::dispense,
         prescriptions::list_events,
+        presends::presend,
+        presends::list,
+        presends::prepared,
+        directory::directory,
         documents::sj1_csv,
         documents::copy_pdf,
         documents::paper_pdf,
@@ -98,6 +104,8 @@ error the key may be used again.
         (name = "dispensing", description = "pharmacy side"),
         (name = "checks", description = "重複投薬・併用禁忌: consent-gated details, 口頭同意, override"),
         (name = "eligibility", description = "資格確認: the card path, the fallback ladder, disaster mode"),
+        (name = "presends", description = "事前送付: the clinic forwards a prescription to the patient's pharmacy, which prepares before the receive"),
+        (name = "directory", description = "the facility directory (mail and FAX addresses) for offline clients"),
         (name = "documents", description = "SJ1 CSV, the 控え and the paper prescription"),
         (name = "fallbacks", description = "outage fallback: cancel, paper or FAX, originals by post, aging"),
         (name = "admin", description = "registries (role admin)"),

@@ -14,6 +14,7 @@ mod lifecycle;
 mod outages;
 mod outbox;
 mod prescriptions;
+mod presends;
 mod receive;
 mod robustness;
 mod smtp;

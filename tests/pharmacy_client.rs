@@ -1,0 +1,429 @@
+//! The `pharmacy-client` binary against a real relay process and PostgreSQL: login and token
+//! storage, receive by typed number, the exclusive hold seen from a second pharmacy, scanning a
+//! 控え rendered by the relay (PDF → PNG with pdftoppm), dispense, release, the card path and the
+//! fallback ladder, fallback cases, `--json`, and the exit codes (including the relay stopped).
+//!
+//! The binary is built by `scripts/test` (its build step builds `pharmacy-client` too).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use relay_e2e::*;
+use serde_json::{Value, json};
+
+fn client_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug").join("pharmacy-client");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with scripts/test (it builds pharmacy-client)",
+        bin.display()
+    );
+    bin
+}
+
+/// One pharmacy workstation: its own configuration directory.
+struct Counter {
+    home: PathBuf,
+    relay_url: String,
+}
+
+impl Counter {
+    fn new(relay: &Relay, name: &str) -> Counter {
+        let home = relay.work.join(format!("xdg-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        Counter {
+            home,
+            relay_url: relay.base_url(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(client_binary());
+        c.args(args)
+            .env("XDG_CONFIG_HOME", &self.home)
+            .env("HOME", &self.home)
+            .env("PHARMACY_RELAY_URL", &self.relay_url)
+            .env("PHARMACY_TIMEOUT_SECS", "20")
+            .env_remove("PHARMACY_TOKEN")
+            .env_remove("PHARMACY_TOKEN_FILE")
+            .env_remove("PHARMACY_CLIENT_CONFIG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pharmacy-client")
+    }
+
+    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pharmacy-client");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn token_path(&self) -> PathBuf {
+        self.home.join("pharmacy-client/token")
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    )
+}
+
+async fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn prescription(number: &str, birth: &str, drug: (&str, &str, f64, &str)) -> Value {
+    json!({
+        "issue_type": "electronic",
+        "patient": {"name": "髙橋 𠮷子", "name_kana": "タカハシ ヨシコ", "sex": "female", "birth_date": birth},
+        "insurance": {"insurer_number": "01130012", "symbol": "1234", "number": number,
+                      "relationship": "insured", "branch": "01", "copay_rate": 30},
+        "issued_on": relay::domain::time::today().to_string(),
+        "rps": [{"dosage_form": "oral", "quantity": 7, "usage": {"text": "1日3回毎食後", "times_per_day": 3},
+                 "drugs": [{"code_system": "yj", "code": drug.0, "name": drug.1, "dose": drug.2, "unit": drug.3}]}]
+    })
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pharmacy_client_counter_workflow() {
+    let relay = Relay::new("pharmacyclient");
+    for args in [&["migrate"][..], &["seed", "demo"][..]] {
+        let out = relay.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let token = |facility: &str, role: &str, staff: &str| {
+        let out = relay.run(&[
+            "token",
+            "--facility",
+            facility,
+            "--role",
+            role,
+            "--staff",
+            staff,
+        ]);
+        assert!(out.status.success(), "token: {}", stderr(&out));
+        stdout(&out)
+    };
+    let doctor = token("9918000010", "doctor", "doctor-1");
+    let pharmacist_1 = token("9948000014", "pharmacist", "pharmacist-1");
+    let pharmacist_2 = token("9948000022", "pharmacist", "pharmacist-2");
+
+    let mut server = relay.serve();
+    let base = relay.base_url();
+    let one = Counter::new(&relay, "one");
+    let two = Counter::new(&relay, "two");
+    let nobody = Counter::new(&relay, "nobody");
+
+    // Login: --token at one counter, stdin at the other. The token is readable by the user only.
+    let out = one.run(&["login", "--token", &pharmacist_1]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(stdout(&out).contains("9948000014"), "{}", show(&out));
+    assert_eq!(mode(&one.token_path()), 0o600);
+    assert_eq!(mode(one.token_path().parent().unwrap()), 0o700);
+    let out = two.run_with_stdin(&["login"], &format!("{pharmacist_2}\n"));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(mode(&two.token_path()), 0o600);
+    let out = one.run(&["whoami"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).contains("pharmacist-1") && stdout(&out).contains("薬剤師"),
+        "{}",
+        show(&out)
+    );
+    let out = one.run(&["login", "--token", "not-a-jwt"]);
+    assert_eq!(code(&out), 2, "{}", show(&out));
+
+    // Not logged in: exit 5 with what to do.
+    let out = nobody.run(&["show", "0190a6c4-0000-7000-8000-000000000000"]);
+    assert_eq!(code(&out), 5, "{}", show(&out));
+    assert!(stderr(&out).contains("login"), "{}", show(&out));
+
+    // The clinic registers two prescriptions for two patients.
+    let (status, a) = post(
+        &base,
+        "/v1/prescriptions",
+        &doctor,
+        &prescription(
+            "7391846",
+            "1975-07-07",
+            ("2325003B2029", "ガスター散２％", 0.4, "g"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{a}");
+    let (status, b) = post(
+        &base,
+        "/v1/prescriptions",
+        &doctor,
+        &prescription(
+            "2468",
+            "1980-04-01",
+            ("1124001F1022", "ユーロジン１ｍｇ錠", 1.0, "錠"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{b}");
+    let a_id = a["prescription_id"].as_str().unwrap().to_string();
+    let a_number = a["exchange_number"].as_str().unwrap().to_string();
+    let b_id = b["prescription_id"].as_str().unwrap().to_string();
+    let b_number = b["exchange_number"].as_str().unwrap().to_string();
+
+    // A missing field with nothing on stdin: a usage error naming the flag, nothing sent.
+    let out = one.run(&["receive", "--number", &a_number]);
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(stderr(&out).contains("--insurer"), "{}", show(&out));
+
+    // Receive by typed number (hyphenated, as read out): exit 0, Japanese output.
+    let typed = format!("{}-{}", &a_number[..3], &a_number[3..]);
+    let identity = [
+        "--insurer",
+        "01130012",
+        "--symbol",
+        "1234",
+        "--insured-number",
+        "7391846",
+        "--branch",
+        "01",
+    ];
+    let mut args = vec!["receive", "--number", typed.as_str()];
+    args.extend(identity);
+    let out = one.run(&args);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    for want in [
+        "受付しました",
+        "髙橋 𠮷子",
+        "調剤中",
+        "ガスター散２％",
+        "7日分",
+        &a_id,
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+
+    // The second pharmacy is told who holds it: exit 4.
+    let mut args = vec!["receive", "--number", a_number.as_str()];
+    args.extend(identity);
+    let out = two.run(&args);
+    assert_eq!(code(&out), 4, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("エラー HELD_BY_ANOTHER_PHARMACY")
+            && stderr(&out).contains("検証用薬局"),
+        "{}",
+        show(&out)
+    );
+    // A wrong identity is a 404: exit 3. A malformed insurer number: exit 2 with the field.
+    let mut args = vec!["receive", "--number", a_number.as_str()];
+    args.extend(["--insurer", "01130012", "--symbol", "1234"]);
+    args.extend(["--insured-number", "1111111", "--branch", "01"]);
+    let out = two.run(&args);
+    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("PRESCRIPTION_NOT_FOUND"),
+        "{}",
+        show(&out)
+    );
+    let mut args = vec!["receive", "--number", a_number.as_str()];
+    args.extend(["--insurer", "01130013", "--symbol", "1234"]);
+    args.extend(["--insured-number", "7391846", "--branch", "01"]);
+    let out = two.run(&args);
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("insured.insurer_number:"),
+        "field errors are listed:\n{}",
+        show(&out)
+    );
+
+    // Scan the 控え of B: the relay's PDF rendered at 200 dpi.
+    let pdf = reqwest::Client::new()
+        .get(format!("{base}/v1/prescriptions/{b_id}/copy.pdf"))
+        .bearer_auth(&doctor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pdf.status().as_u16(), 200);
+    let pdf_path = relay.work.join("hikae.pdf");
+    std::fs::write(&pdf_path, pdf.bytes().await.unwrap()).unwrap();
+    let png_base = relay.work.join("hikae");
+    let out = Command::new("pdftoppm")
+        .args(["-r", "200", "-png", "-singlefile"])
+        .arg(&pdf_path)
+        .arg(&png_base)
+        .output()
+        .expect("run pdftoppm (poppler-utils)");
+    assert!(out.status.success(), "pdftoppm: {}", stderr(&out));
+    let png = relay.work.join("hikae.png");
+    let png_arg = png.to_str().unwrap();
+    let out = one.run(&["scan", png_arg, "--yes"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(&b_number),
+        "what was read is shown:\n{}",
+        show(&out)
+    );
+    assert!(
+        stdout(&out).contains("受付しました") && stdout(&out).contains("ユーロジン"),
+        "{}",
+        show(&out)
+    );
+    // Without --yes and nobody to answer: nothing is sent (B stays held by one, unchanged).
+    let out = two.run(&["scan", png_arg]);
+    assert_eq!(code(&out), 2, "{}", show(&out));
+
+    // Dispense A from a file (dispensed_on defaults to today).
+    let result = relay.work.join("result.json");
+    std::fs::write(
+        &result,
+        json!({"items": [{"code_system": "yj", "code": "2325003B2029", "name": "ガスター散２％",
+                          "dose": 0.4, "unit": "g", "days": 7}],
+               "important_note": "眠気の訴えあり"})
+        .to_string(),
+    )
+    .unwrap();
+    let out = one.run(&["dispense", &a_id, "--file", result.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).contains("調剤結果を登録しました"),
+        "{}",
+        show(&out)
+    );
+    // Dispensing again conflicts: exit 4.
+    let out = one.run(&["dispense", &a_id, "--file", result.to_str().unwrap()]);
+    assert_eq!(code(&out), 4, "{}", show(&out));
+
+    // --json prints the relay's JSON.
+    let out = one.run(&["--json", "show", &a_id]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let view: Value = serde_json::from_str(&stdout(&out)).expect("JSON on stdout");
+    assert_eq!(view["status"], "dispensed");
+    assert_eq!(view["has_important_note"], true);
+
+    // Release B; the second pharmacy then asks the clinic for FAX by number + identity.
+    let out = one.run(&["release", &b_id, "--reason", "患者都合で他薬局へ"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(stdout(&out).contains("受付取消しました"), "{}", show(&out));
+    let out = two.run(&[
+        "fallback",
+        "request",
+        "--number",
+        &b_number,
+        "--insurer",
+        "01130012",
+        "--symbol",
+        "1234",
+        "--insured-number",
+        "2468",
+        "--branch",
+        "01",
+        "--reason",
+        "薬局システム障害",
+        "--preferred",
+        "fax",
+    ]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(stdout(&out).contains("依頼中"), "{}", show(&out));
+    let out = two.run(&["--json", "fallback", "list", "--status", "requested"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let list: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(list["fallbacks"].as_array().unwrap().len(), 1, "{list}");
+    let out = two.run(&["fallback", "list"]);
+    assert!(stdout(&out).contains(&b_number), "{}", show(&out));
+
+    // Eligibility: the card path, then the ladder's rule that a notice needs the card.
+    let out = one.run(&[
+        "--json",
+        "eligibility",
+        "card",
+        "--card-id",
+        "CARD-0002",
+        "--auth",
+        "face",
+        "--consent-medication",
+    ]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let q: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let qid = q["qualification_id"].as_str().unwrap().to_string();
+    let out = one.run(&["outstanding", &qid]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let out = one.run(&[
+        "eligibility",
+        "fallback",
+        "--method",
+        "eligibility_notice",
+        "--insurer",
+        "01130012",
+        "--symbol",
+        "1234",
+        "--insured-number",
+        "5678",
+        "--branch",
+        "01",
+        "--birth-date",
+        "1975-07-07",
+    ]);
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("NOTICE_REQUIRES_CARD"),
+        "{}",
+        show(&out)
+    );
+
+    // The relay stopped: exit 6 and the way out.
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut server, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("relay exits after SIGTERM");
+    assert!(exit.success());
+    let out = one.run(&["show", &a_id]);
+    assert_eq!(code(&out), 6, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("接続できません") && stderr(&out).contains("fallback request"),
+        "{}",
+        show(&out)
+    );
+
+    // Logout removes the token.
+    let out = one.run(&["logout"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(!one.token_path().exists());
+}
