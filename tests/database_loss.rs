@@ -238,20 +238,6 @@ fn assert_unavailable(a: &Answer) {
     assert!(a.took < BOUND, "bounded: {a:?}");
 }
 
-fn token(relay: &Relay, facility: &str, role: &str, staff: &str) -> String {
-    let out = relay.run(&[
-        "token",
-        "--facility",
-        facility,
-        "--role",
-        role,
-        "--staff",
-        staff,
-    ]);
-    assert!(out.status.success(), "token: {}", stderr(&out));
-    stdout(&out)
-}
-
 async fn lose_the_database_and_recover(mode: Mode, name: &str) {
     let mut relay = Relay::new(name);
     let out = relay.run(&["migrate"]);
@@ -277,8 +263,8 @@ async fn lose_the_database_and_recover(mode: Mode, name: &str) {
             .build()
             .expect("client"),
         base: relay.base_url(),
-        admin: token(&relay, "9918000010", "admin", "admin-1"),
-        pharmacist: token(&relay, "9948000014", "pharmacist", "pharmacist-1"),
+        admin: relay.token("9918000010", "admin", "admin-1"),
+        pharmacist: relay.token("9948000014", "pharmacist", "pharmacist-1"),
     });
     let mut server = tokio::task::block_in_place(|| relay.serve());
 

@@ -226,23 +226,8 @@ async fn readme_walkthrough_across_processes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn card_path_across_processes() {
     let relay = Relay::new("cardpath");
-    for args in [&["migrate"][..], &["seed", "demo"][..]] {
-        let out = relay.run(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    }
-    let token = |facility: &str, role: &str, staff: &str| {
-        let out = relay.run(&[
-            "token",
-            "--facility",
-            facility,
-            "--role",
-            role,
-            "--staff",
-            staff,
-        ]);
-        assert!(out.status.success(), "token: {}", stderr(&out));
-        stdout(&out)
-    };
+    relay.migrate_and_seed();
+    let token = |facility: &str, role: &str, staff: &str| relay.token(facility, role, staff);
     let doctor_1 = token("9918000010", "doctor", "doctor-1");
     let doctor_2 = token("9918000028", "doctor", "doctor-2");
     let clerk_1 = token("9948000014", "pharmacy_clerk", "pharmacy-clerk-1");

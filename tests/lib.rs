@@ -98,6 +98,29 @@ impl Relay {
         self.command(args).output().expect("run relay")
     }
 
+    /// `relay migrate` and `relay seed demo`, asserting both succeed.
+    pub fn migrate_and_seed(&self) {
+        for args in [&["migrate"][..], &["seed", "demo"][..]] {
+            let out = self.run(args);
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        }
+    }
+
+    /// A token minted by `relay token` for `staff` with `role` at `facility`.
+    pub fn token(&self, facility: &str, role: &str, staff: &str) -> String {
+        let out = self.run(&[
+            "token",
+            "--facility",
+            facility,
+            "--role",
+            role,
+            "--staff",
+            staff,
+        ]);
+        assert!(out.status.success(), "token: {}", stderr(&out));
+        stdout(&out)
+    }
+
     /// Starts `relay serve` with stderr captured to `work/serve.log`; waits for /healthz.
     pub fn serve(&self) -> Child {
         let log = std::fs::File::create(self.log_path()).expect("log file");

@@ -127,23 +127,8 @@ fn mode(p: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn pharmacy_client_counter_workflow() {
     let relay = Relay::new("pharmacyclient");
-    for args in [&["migrate"][..], &["seed", "demo"][..]] {
-        let out = relay.run(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    }
-    let token = |facility: &str, role: &str, staff: &str| {
-        let out = relay.run(&[
-            "token",
-            "--facility",
-            facility,
-            "--role",
-            role,
-            "--staff",
-            staff,
-        ]);
-        assert!(out.status.success(), "token: {}", stderr(&out));
-        stdout(&out)
-    };
+    relay.migrate_and_seed();
+    let token = |facility: &str, role: &str, staff: &str| relay.token(facility, role, staff);
     let doctor = token("9918000010", "doctor", "doctor-1");
     let pharmacist_1 = token("9948000014", "pharmacist", "pharmacist-1");
     let pharmacist_2 = token("9948000022", "pharmacist", "pharmacist-2");
