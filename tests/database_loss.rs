@@ -258,7 +258,7 @@ async fn lose_the_database_and_recover(mode: Mode, name: &str) {
             .database_url
             .replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
     let client = Arc::new(Client {
-        http: reqwest::Client::builder()
+        http: relay_e2e::http_client()
             .timeout(Duration::from_secs(120))
             .build()
             .expect("client"),

@@ -7,7 +7,9 @@ use relay_e2e::*;
 use serde_json::{Value, json};
 
 async fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = relay_e2e::http_client()
+        .build()
+        .expect("client")
         .post(format!("{base}{path}"))
         .bearer_auth(token)
         .json(body)
@@ -19,7 +21,9 @@ async fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value)
 }
 
 async fn get(base: &str, path: &str, token: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = relay_e2e::http_client()
+        .build()
+        .expect("client")
         .get(format!("{base}{path}"))
         .bearer_auth(token)
         .send()

@@ -121,11 +121,21 @@ impl Relay {
         stdout(&out)
     }
 
-    /// Starts `relay serve` with stderr captured to `work/serve.log`; waits for /healthz.
+    /// Starts `relay serve` with stderr appended to `work/serve.log`; waits for the port.
     pub fn serve(&self) -> Child {
-        let log = std::fs::File::create(self.log_path()).expect("log file");
+        self.serve_with(&[])
+    }
+
+    /// [`Relay::serve`] with extra environment variables (configuration overrides).
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let mut child = self
             .command(&["serve"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -191,4 +201,12 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A reqwest client builder. The workspace's reqwest has rustls without a built-in crypto provider
+/// (pharmacy-client installs ring; see Cargo.toml), so every process installs it before building
+/// a client, tests included.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }

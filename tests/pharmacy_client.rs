@@ -13,6 +13,15 @@ use std::time::Duration;
 use relay_e2e::*;
 use serde_json::{Value, json};
 
+#[path = "pharmacy_client/ladder.rs"]
+mod ladder;
+#[path = "pharmacy_client/offline.rs"]
+mod offline;
+/// The real SMTP server on loopback of the relay's own tests.
+#[allow(dead_code)]
+#[path = "../relay/tests/api/smtp.rs"]
+mod smtp;
+
 fn client_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -97,7 +106,9 @@ fn show(o: &Output) -> String {
 }
 
 async fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = http_client()
+        .build()
+        .expect("client")
         .post(format!("{base}{path}"))
         .bearer_auth(token)
         .json(body)
@@ -106,6 +117,25 @@ async fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value)
         .expect("request");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The doctor registers a prescription for the patient with insured number `number`; 201 or panic.
+async fn register(
+    base: &str,
+    doctor: &str,
+    number: &str,
+    birth: &str,
+    drug: (&str, &str, f64, &str),
+) -> Value {
+    let (status, body) = post(
+        base,
+        "/v1/prescriptions",
+        doctor,
+        &prescription(number, birth, drug),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
 }
 
 fn prescription(number: &str, birth: &str, drug: (&str, &str, f64, &str)) -> Value {
@@ -118,6 +148,12 @@ fn prescription(number: &str, birth: &str, drug: (&str, &str, f64, &str)) -> Val
         "rps": [{"dosage_form": "oral", "quantity": 7, "usage": {"text": "1日3回毎食後", "times_per_day": 3},
                  "drugs": [{"code_system": "yj", "code": drug.0, "name": drug.1, "dose": drug.2, "unit": drug.3}]}]
     })
+}
+
+fn json_list_len(o: &Output, key: &str) -> usize {
+    let v: Value =
+        serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("JSON: {e}\n{}", show(o)));
+    v[key].as_array().map_or(0, Vec::len)
 }
 
 fn mode(p: &Path) -> u32 {
@@ -164,34 +200,69 @@ async fn pharmacy_client_counter_workflow() {
     assert!(stderr(&out).contains("login"), "{}", show(&out));
 
     // The clinic registers two prescriptions for two patients.
-    let (status, a) = post(
+    let a = register(
         &base,
-        "/v1/prescriptions",
         &doctor,
-        &prescription(
-            "7391846",
-            "1975-07-07",
-            ("2325003B2029", "ガスター散２％", 0.4, "g"),
-        ),
+        "7391846",
+        "1975-07-07",
+        ("2325003B2029", "ガスター散２％", 0.4, "g"),
     )
     .await;
-    assert_eq!(status, 201, "{a}");
-    let (status, b) = post(
+    let b = register(
         &base,
-        "/v1/prescriptions",
         &doctor,
-        &prescription(
-            "2468",
-            "1980-04-01",
-            ("1124001F1022", "ユーロジン１ｍｇ錠", 1.0, "錠"),
-        ),
+        "2468",
+        "1980-04-01",
+        ("1124001F1022", "ユーロジン１ｍｇ錠", 1.0, "錠"),
     )
     .await;
-    assert_eq!(status, 201, "{b}");
     let a_id = a["prescription_id"].as_str().unwrap().to_string();
     let a_number = a["exchange_number"].as_str().unwrap().to_string();
     let b_id = b["prescription_id"].as_str().unwrap().to_string();
     let b_number = b["exchange_number"].as_str().unwrap().to_string();
+
+    // 事前送付: the clinic forwards `a` to pharmacy one, which lists it and prepares.
+    let out = one.run(&["incoming"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(stdout(&out).contains("ありません"), "{}", show(&out));
+    let (status, sent) = post(
+        &base,
+        &format!("/v1/prescriptions/{a_id}/presend"),
+        &doctor,
+        &json!({"pharmacy": "9948000014"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{sent}");
+    let out = one.run(&["incoming"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&a_number)
+            && text.contains("髙橋 𠮷子")
+            && text.contains("ガスター散２％")
+            && text.contains("未準備")
+            && text.contains("検証用病院"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !text.contains("7391846"),
+        "no insurance number in the presend list"
+    );
+    let out = two.run(&["--json", "incoming"]);
+    assert_eq!(json_list_len(&out, "presends"), 0, "{}", show(&out));
+    let out = one.run(&["--json", "incoming"]);
+    let listed: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let presend_id = listed["presends"][0]["id"].as_str().unwrap().to_string();
+    let out = one.run(&["incoming", "prepare", &presend_id]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(stdout(&out).contains("準備済み"), "{}", show(&out));
+    let out = one.run(&["--json", "incoming", "--status", "prepared"]);
+    assert_eq!(json_list_len(&out, "presends"), 1, "{}", show(&out));
+    let out = one.run(&["--json", "incoming", "--status", "sent"]);
+    assert_eq!(json_list_len(&out, "presends"), 0, "{}", show(&out));
+    let out = one.run(&["incoming", "prepare", "not-an-id"]);
+    assert_ne!(code(&out), 0, "{}", show(&out));
 
     // A missing field with nothing on stdin: a usage error naming the flag, nothing sent.
     let out = one.run(&["receive", "--number", &a_number]);
@@ -260,7 +331,9 @@ async fn pharmacy_client_counter_workflow() {
     );
 
     // Scan the 控え of B: the relay's PDF rendered at 200 dpi.
-    let pdf = reqwest::Client::new()
+    let pdf = http_client()
+        .build()
+        .expect("client")
         .get(format!("{base}/v1/prescriptions/{b_id}/copy.pdf"))
         .bearer_auth(&doctor)
         .send()

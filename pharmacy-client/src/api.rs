@@ -15,6 +15,8 @@ pub mod exit {
     pub const CONFLICT: i32 = 4;
     pub const AUTH: i32 = 5;
     pub const UNREACHABLE: i32 = 6;
+    /// Not done on the relay: kept in the offline queue (and the clinic mailed directly).
+    pub const QUEUED: i32 = 7;
 }
 
 /// One field error of a problem.
@@ -57,6 +59,8 @@ pub enum Failure {
     },
     /// The user declined at a confirmation (exit 1, nothing sent).
     Declined,
+    /// The relay is unreachable and the offline path cannot help either (exit 6, nothing done).
+    OfflineNotPossible(String),
     Other(String),
 }
 
@@ -78,7 +82,7 @@ impl Failure {
             Failure::NoToken => exit::AUTH,
             Failure::Problem(p) => by_status(p.status),
             Failure::Http { status, .. } => by_status(*status),
-            Failure::Unreachable { .. } => exit::UNREACHABLE,
+            Failure::Unreachable { .. } | Failure::OfflineNotPossible(_) => exit::UNREACHABLE,
             Failure::Declined | Failure::Other(_) => exit::OTHER,
         }
     }
@@ -91,10 +95,34 @@ impl Failure {
             Failure::Problem(p) => &p.code,
             Failure::Http { .. } => "HTTP_ERROR",
             Failure::Unreachable { .. } => "RELAY_UNREACHABLE",
+            Failure::OfflineNotPossible(_) => "OFFLINE_NOT_POSSIBLE",
             Failure::Declined => "DECLINED",
             Failure::Other(_) => "CLIENT_ERROR",
         }
     }
+}
+
+impl Failure {
+    /// The relay did not answer, or a proxy in front of it said it is down: the cases where the
+    /// offline path applies (and where a request may or may not have arrived).
+    pub fn relay_down(&self) -> bool {
+        match self {
+            Failure::Unreachable { .. } => true,
+            Failure::Http { status, .. } => (502..=504).contains(status),
+            Failure::Problem(p) => (502..=504).contains(&p.status),
+            _ => false,
+        }
+    }
+}
+
+/// The answer of a conditional GET.
+pub enum Conditional {
+    /// 304: what the caller has is current.
+    NotModified,
+    Fresh {
+        body: Value,
+        etag: Option<String>,
+    },
 }
 
 pub struct Api {
@@ -128,7 +156,12 @@ impl Api {
 
     /// A state-changing POST with a fresh `Idempotency-Key`.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
-        let key = uuid::Uuid::now_v7().to_string();
+        self.post_keyed(path, body, &uuid::Uuid::now_v7().to_string())
+    }
+
+    /// A POST with the caller's `Idempotency-Key`: repeating it with the same key and body gives
+    /// the first answer again and changes nothing more.
+    pub fn post_keyed(&self, path: &str, body: &Value, key: &str) -> Result<Value, Failure> {
         self.send(
             self.http
                 .post(format!("{}{path}", self.base))
@@ -137,13 +170,39 @@ impl Api {
         )
     }
 
-    fn send(&self, rb: RequestBuilder) -> Result<Value, Failure> {
+    /// A GET with `If-None-Match: etag` when there is one.
+    pub fn get_conditional(&self, path: &str, etag: Option<&str>) -> Result<Conditional, Failure> {
+        let mut rb = self.http.get(format!("{}{path}", self.base));
+        if let Some(e) = etag {
+            rb = rb.header("If-None-Match", e);
+        }
+        let resp = self.execute(rb)?;
+        if resp.status().as_u16() == 304 {
+            return Ok(Conditional::NotModified);
+        }
+        let etag = resp
+            .headers()
+            .get("ETag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = self.interpret(resp)?;
+        Ok(Conditional::Fresh { body, etag })
+    }
+
+    fn execute(&self, rb: RequestBuilder) -> Result<reqwest::blocking::Response, Failure> {
         let token = self.token.as_deref().ok_or(Failure::NoToken)?;
-        let resp = rb
-            .bearer_auth(token)
+        rb.bearer_auth(token)
             .header("Accept", "application/json")
             .send()
-            .map_err(|e| self.transport(e))?;
+            .map_err(|e| self.transport(e))
+    }
+
+    fn send(&self, rb: RequestBuilder) -> Result<Value, Failure> {
+        let resp = self.execute(rb)?;
+        self.interpret(resp)
+    }
+
+    fn interpret(&self, resp: reqwest::blocking::Response) -> Result<Value, Failure> {
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()

@@ -8,42 +8,73 @@ use base64::Engine;
 use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 
-use crate::api::{Api, Failure};
+use crate::api::{Api, Failure, exit};
 use crate::config::{self, Settings};
 use crate::output::{self, fields, s, table};
-use crate::scan;
 use crate::{
-    Cli, Command, EligibilityCommand, FallbackCommand, FallbackEligibility, Identity, ReceiveArgs,
+    Cli, Command, DirectoryCommand, EligibilityCommand, FallbackCommand, FallbackEligibility,
+    Identity, IncomingCommand, PresendStatus, ReceiveArgs,
 };
+use crate::{scan, sync};
 
-pub fn run(cli: Cli) -> Result<(), Failure> {
+pub fn run(cli: Cli) -> Result<i32, Failure> {
     let settings = config::load(cli.relay, cli.config)?;
     let json = cli.json;
-    match cli.command {
-        Command::Login { token } => login(&settings, token, json),
-        Command::Logout => logout(&settings, json),
-        Command::Whoami => whoami(&settings, json),
+    let done = |r: Result<(), Failure>| r.map(|()| exit::OK);
+    let remind = !json
+        && !matches!(
+            cli.command,
+            Command::Status | Command::Sync | Command::Queue(_) | Command::Login { .. }
+        );
+    let result = match cli.command {
+        Command::Login { token } => done(login(&settings, token, json)),
+        Command::Logout => done(logout(&settings, json)),
+        Command::Whoami => done(whoami(&settings, json)),
+        Command::Status => sync::status(&settings, json),
+        Command::Queue(q) => sync::queue(&settings, q, json),
+        Command::Directory(DirectoryCommand::List { kind, search }) => {
+            sync::directory_list(&settings, kind, search.as_deref(), json)
+        }
         command => {
             let api = Api::new(
                 &settings.relay_url,
                 config::read_token(&settings)?,
                 settings.timeout,
             )?;
-            let ctx = Ctx { api, json };
+            let ctx = Ctx {
+                api,
+                json,
+                settings: settings.clone(),
+            };
             match command {
-                Command::Receive(a) => ctx.receive(a),
-                Command::Scan(a) => ctx.scan(&a.image, a.yes, a.qualification),
-                Command::Show { id } => ctx.show(&id),
-                Command::Release { id, reason } => ctx.release(&id, &reason),
-                Command::Dispense(a) => ctx.dispense(&a.id, a.file.as_deref(), a.yes),
-                Command::Eligibility(e) => ctx.eligibility(e),
-                Command::Outstanding { qualification_id } => ctx.outstanding(&qualification_id),
-                Command::Check { file } => ctx.check(&file),
+                Command::Receive(a) => done(ctx.receive(a)),
+                Command::Scan(a) => done(ctx.scan(&a.image, a.yes, a.qualification)),
+                Command::Show { id } => done(ctx.show(&id)),
+                Command::Release { id, reason } => done(ctx.release(&id, &reason)),
+                Command::Dispense(a) => done(ctx.dispense(&a.id, a.file.as_deref(), a.yes)),
+                Command::Eligibility(e) => done(ctx.eligibility(e)),
+                Command::Outstanding { qualification_id } => {
+                    done(ctx.outstanding(&qualification_id))
+                }
+                Command::Check { file } => done(ctx.check(&file)),
                 Command::Fallback(f) => ctx.fallback(f),
-                Command::Login { .. } | Command::Logout | Command::Whoami => unreachable!(),
+                Command::Incoming { action, status } => done(ctx.incoming(action, status)),
+                Command::Directory(DirectoryCommand::Sync) => sync::directory_sync(&ctx),
+                Command::Sync => sync::sync(&ctx),
+                Command::Login { .. }
+                | Command::Logout
+                | Command::Whoami
+                | Command::Status
+                | Command::Queue(_)
+                | Command::Directory(DirectoryCommand::List { .. }) => unreachable!(),
             }
         }
+    };
+    // Whatever happened, a counter with records not on the relay is told so.
+    if remind && let Some(line) = sync::reminder(&settings) {
+        eprintln!("{line}");
     }
+    result
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -51,7 +82,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 // ---------------------------------------------------------------------------------------------
 
 /// The payload of a JWT, decoded for display only (the relay verifies the signature).
-fn jwt_claims(token: &str) -> Result<Value, Failure> {
+pub(crate) fn jwt_claims(token: &str) -> Result<Value, Failure> {
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
         return Err(Failure::Usage(
@@ -64,7 +95,7 @@ fn jwt_claims(token: &str) -> Result<Value, Failure> {
     serde_json::from_slice(&bytes).map_err(|e| Failure::Usage(format!("トークンを読めません: {e}")))
 }
 
-fn tokyo(secs: i64) -> String {
+pub(crate) fn tokyo(secs: i64) -> String {
     let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
     match jiff::Timestamp::from_second(secs) {
         Ok(t) => t
@@ -195,7 +226,7 @@ fn whoami(settings: &Settings, json: bool) -> Result<(), Failure> {
 // ---------------------------------------------------------------------------------------------
 
 /// Asks on stderr, reads one line from stdin. End of input is a usage error naming the flag.
-fn prompt(label: &str, default: Option<&str>, flag: &str) -> Result<String, Failure> {
+pub(crate) fn prompt(label: &str, default: Option<&str>, flag: &str) -> Result<String, Failure> {
     match default {
         Some(d) if !d.is_empty() => eprint!("{label} [{d}]: "),
         _ => eprint!("{label}: "),
@@ -258,12 +289,13 @@ fn read_json_file(path: &Path) -> Result<Value, Failure> {
 // Commands that talk to the relay
 // ---------------------------------------------------------------------------------------------
 
-struct Ctx {
-    api: Api,
-    json: bool,
+pub(crate) struct Ctx {
+    pub api: Api,
+    pub json: bool,
+    pub settings: Settings,
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -561,6 +593,18 @@ impl Ctx {
             return Ok(());
         }
         let qid = s(&v, "/qualification_id");
+        let method = s(&v, "/method");
+        let method_label = match method.as_str() {
+            "card" => "マイナ保険証",
+            "mynaportal_screen" => "① マイナポータルの資格情報画面",
+            "eligibility_notice" => "② 資格情報のお知らせ",
+            "verbal_revisit" => "③ 再診・口頭確認",
+            "self_declaration" => "④ 被保険者資格申立書",
+            "qualification_certificate" => "資格確認書",
+            "legacy_insurance_card" => "期限切れの健康保険証等（経過措置）",
+            "disaster" => "災害時モード",
+            _ => "",
+        };
         println!("資格を確認しました。\n");
         let patient = format!(
             "{} {} {}",
@@ -572,7 +616,15 @@ impl Ctx {
             "{}",
             fields(&[
                 ("資格確認ID", qid.clone()),
-                ("方法", s(&v, "/method")),
+                (
+                    "方法",
+                    if method_label.is_empty() {
+                        method.clone()
+                    } else {
+                        format!("{method_label} ({method})")
+                    }
+                ),
+                ("災害", s(&v, "/disaster/name")),
                 ("患者", patient.trim().to_string()),
                 ("生年月日", s(&v, "/insured/birth_date")),
                 (
@@ -589,7 +641,7 @@ impl Ctx {
                         "不可".into()
                     }
                 ),
-                ("有効期限", s(&v, "/expires_at")),
+                ("有効期限", output::jst(&s(&v, "/expires_at"))),
             ])
         );
         for w in v
@@ -601,7 +653,8 @@ impl Ctx {
             println!("注意 {}: {}", s(&w, "/code"), s(&w, "/message"));
         }
         println!("\n次の操作:");
-        if s(&v, "/method") == "card" {
+        // The card and disaster mode hand over the patient's prescriptions without a 引換番号.
+        if method == "card" || method == "disaster" {
             println!("  pharmacy-client outstanding {qid}");
         }
         println!("  pharmacy-client receive --number <引換番号> … --qualification {qid}");
@@ -739,7 +792,100 @@ impl Ctx {
         Ok(())
     }
 
-    fn fallback(&self, f: FallbackCommand) -> Result<(), Failure> {
+    /// 事前送付: what clinics sent to this pharmacy ahead of the patient, with the RPs to prepare.
+    fn incoming(
+        &self,
+        action: Option<IncomingCommand>,
+        status: Option<PresendStatus>,
+    ) -> Result<(), Failure> {
+        if let Some(IncomingCommand::Prepare { id }) = action {
+            let v = self
+                .api
+                .post(&format!("/v1/presends/{id}/prepared"), &json!({}))?;
+            if self.json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "準備済みを記録しました（{}）。患者が来局したら、控えまたは保険情報で受付してください。",
+                s(&v, "/prepared_at")
+            );
+            return Ok(());
+        }
+        let query: Vec<(&str, String)> = status
+            .map(|st| {
+                vec![(
+                    "status",
+                    st.to_possible_value()
+                        .map(|p| p.get_name().to_string())
+                        .unwrap_or_default(),
+                )]
+            })
+            .unwrap_or_default();
+        let v = self.api.get_query("/v1/presends", &query)?;
+        if self.json {
+            print_json(&v);
+            return Ok(());
+        }
+        let list = v
+            .get("presends")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if list.is_empty() {
+            println!("事前送付された処方箋はありません。");
+            return Ok(());
+        }
+        println!("事前送付された処方箋: {} 件\n", list.len());
+        for p in &list {
+            let status = match s(p, "/status").as_str() {
+                "sent" => "未準備",
+                "prepared" => "準備済み",
+                "received" => "受付済み",
+                other => other,
+            }
+            .to_string();
+            print!(
+                "{}",
+                fields(&[
+                    ("送付ID", s(p, "/id")),
+                    ("状態", status),
+                    ("引換番号", s(p, "/exchange_number")),
+                    (
+                        "患者",
+                        format!(
+                            "{} {}",
+                            s(p, "/patient/name"),
+                            paren(&s(p, "/patient/name_kana"))
+                        )
+                        .trim()
+                        .to_string()
+                    ),
+                    ("生年月日", s(p, "/patient/birth_date")),
+                    ("医療機関", output::facility(p, "/clinic")),
+                    ("交付日", s(p, "/issued_on")),
+                    ("使用期限", s(p, "/valid_until")),
+                    ("送付日時", s(p, "/presented_at").chars().take(16).collect()),
+                    ("備考", s(p, "/remarks")),
+                ])
+            );
+            let rps = p
+                .get("rps")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            print!("{}", rps_table(&rps));
+            println!();
+        }
+        println!(
+            "次にできること: 準備したら pharmacy-client incoming prepare <送付ID>。\n\
+             来局したら控えを読むか (pharmacy-client scan 画像)、引換番号と保険情報で受付します \
+             (pharmacy-client receive --number <引換番号> …)。事前送付は受付の代わりにはなりません。"
+        );
+        Ok(())
+    }
+
+    fn fallback(&self, f: FallbackCommand) -> Result<i32, Failure> {
         match f {
             FallbackCommand::Request {
                 number,
@@ -748,12 +894,14 @@ impl Ctx {
                 reason,
                 preferred,
                 note,
+                clinic,
             } => {
                 let preferred = match preferred {
                     crate::Preferred::Fax => "fax",
                     crate::Preferred::PaperReissue => "paper_reissue",
                 };
                 let mut body = json!({"reason": reason, "preferred": preferred});
+                let by_number = prescription_id.is_none();
                 if let Some(id) = prescription_id {
                     body["prescription_id"] = json!(id);
                 } else {
@@ -763,16 +911,29 @@ impl Ctx {
                 if let Some(n) = note {
                     body["note"] = json!(n);
                 }
-                let v = self.api.post("/v1/fallbacks", &body)?;
+                let v = match self.api.post("/v1/fallbacks", &body) {
+                    Ok(v) => v,
+                    // The relay is down: ask the clinic directly and keep the request for `sync`.
+                    Err(down) if down.relay_down() && by_number => {
+                        return sync::request_offline(self, body, clinic.as_deref(), &down);
+                    }
+                    Err(down) if down.relay_down() => {
+                        return Err(Failure::OfflineNotPossible(format!(
+                            "{}\nリレーに接続できないときは、処方箋IDではなく引換番号と保険情報、--clinic で依頼してください。",
+                            crate::output::plain(&down)
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                };
                 if self.json {
                     print_json(&v);
-                    return Ok(());
+                    return Ok(exit::OK);
                 }
                 println!(
                     "処方元の医療機関に紙・FAXでの発行を依頼しました（医療機関にはメールで通知されます）。\n"
                 );
                 print!("{}", fallback_text(&v));
-                Ok(())
+                Ok(exit::OK)
             }
             FallbackCommand::List { status } => {
                 let query: Vec<(&str, String)> =
@@ -780,7 +941,7 @@ impl Ctx {
                 let v = self.api.get_query("/v1/fallbacks", &query)?;
                 if self.json {
                     print_json(&v);
-                    return Ok(());
+                    return Ok(exit::OK);
                 }
                 let list = v
                     .get("fallbacks")
@@ -789,7 +950,7 @@ impl Ctx {
                     .unwrap_or_default();
                 if list.is_empty() {
                     println!("該当する依頼はありません。");
-                    return Ok(());
+                    return Ok(exit::OK);
                 }
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -820,7 +981,7 @@ impl Ctx {
                         &rows
                     )
                 );
-                Ok(())
+                Ok(exit::OK)
             }
             FallbackCommand::Dispensed { id, dispensed_on } => {
                 let v = self.api.post(
@@ -829,11 +990,11 @@ impl Ctx {
                 )?;
                 if self.json {
                     print_json(&v);
-                    return Ok(());
+                    return Ok(exit::OK);
                 }
                 println!("FAXで調剤したことを記録しました。原本の郵送を待ってください。\n");
                 print!("{}", fallback_text(&v));
-                Ok(())
+                Ok(exit::OK)
             }
             FallbackCommand::Received {
                 id,
@@ -854,7 +1015,7 @@ impl Ctx {
                     .post(&format!("/v1/fallbacks/{id}/original-received"), &body)?;
                 if self.json {
                     print_json(&v);
-                    return Ok(());
+                    return Ok(exit::OK);
                 }
                 println!(
                     "原本の受領を記録しました（照合: {}）。\n",
@@ -865,7 +1026,7 @@ impl Ctx {
                     }
                 );
                 print!("{}", fallback_text(&v));
-                Ok(())
+                Ok(exit::OK)
             }
         }
     }
@@ -1029,15 +1190,32 @@ fn prescription_text(v: &Value) -> String {
             },
         ),
     ]);
-    let mut rows = Vec::new();
-    for (i, rp) in p
+    let rps = p
         .get("rps")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
+        .unwrap_or_default();
+    let rp_table = rps_table(&rps);
+    if !rp_table.is_empty() {
+        out += "\n";
+        out += &rp_table;
+    }
+    if let Some(ds) = v.get("dispensings").and_then(Value::as_array)
+        && !ds.is_empty()
     {
+        out += &format!("\n  調剤結果: {} 件", ds.len());
+        if v.get("has_important_note") == Some(&Value::Bool(true)) {
+            out += "（重要な伝達事項あり）";
+        }
+        out += "\n";
+    }
+    out
+}
+
+/// The RPs of a prescription as a table (empty when there are none).
+fn rps_table(rps: &[Value]) -> String {
+    let mut rows = Vec::new();
+    for (i, rp) in rps.iter().enumerate() {
         let form = s(rp, "/dosage_form");
         for (j, d) in rp
             .get("drugs")
@@ -1078,21 +1256,11 @@ fn prescription_text(v: &Value) -> String {
             ]);
         }
     }
-    if !rows.is_empty() {
-        out += "\n";
-        out += &table(
-            &["Rp", "剤形", "薬品名", "用量", "用法", "日数・回数"],
-            &rows,
-        );
+    if rows.is_empty() {
+        return String::new();
     }
-    if let Some(ds) = v.get("dispensings").and_then(Value::as_array)
-        && !ds.is_empty()
-    {
-        out += &format!("\n  調剤結果: {} 件", ds.len());
-        if v.get("has_important_note") == Some(&Value::Bool(true)) {
-            out += "（重要な伝達事項あり）";
-        }
-        out += "\n";
-    }
-    out
+    table(
+        &["Rp", "剤形", "薬品名", "用量", "用法", "日数・回数"],
+        &rows,
+    )
 }

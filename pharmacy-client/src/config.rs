@@ -2,6 +2,8 @@
 //!
 //! File: `$XDG_CONFIG_HOME/pharmacy-client/config.toml` (else `~/.config/…`), or `--config PATH`.
 //! Token: `token` beside it by default, written with mode 0600 in a 0700 directory.
+//! Offline state (the directory cache and the queue): `$XDG_STATE_HOME/pharmacy-client` (else
+//! `~/.local/state/…`), or `state_dir`.
 
 use std::fs;
 use std::io::Write;
@@ -25,6 +27,14 @@ pub struct FileConfig {
     pub token_file: Option<PathBuf>,
     /// Per-request timeout in seconds (default 30).
     pub timeout_secs: Option<u64>,
+    /// Where the directory cache and the offline queue live.
+    pub state_dir: Option<PathBuf>,
+    /// The pharmacy's own SMTP server, for mailing a clinic directly while the relay is down:
+    /// `smtp://user:pass@host:587?tls=required`, `smtps://host`, `smtp://127.0.0.1:25`.
+    pub smtp_url: Option<String>,
+    /// The sender of those mails, e.g. `○○薬局 <rx@pharmacy.example>` (default: the pharmacy's
+    /// address in the directory).
+    pub mail_from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,24 +43,49 @@ pub struct Settings {
     pub config_file: PathBuf,
     pub token_file: PathBuf,
     pub timeout: Duration,
+    pub state_dir: PathBuf,
+    pub smtp_url: Option<String>,
+    pub mail_from: Option<String>,
 }
 
-/// `$XDG_CONFIG_HOME/pharmacy-client` (an absolute XDG_CONFIG_HOME only, as the spec says), else
-/// `$HOME/.config/pharmacy-client`.
-pub fn config_dir() -> Result<PathBuf, Failure> {
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from)
+/// `$<xdg_var>/pharmacy-client` (absolute values only, as the XDG spec says), else
+/// `$HOME/<home_fallback>/pharmacy-client`.
+fn xdg_dir(xdg_var: &str, home_fallback: &str, setting: &str) -> Result<PathBuf, Failure> {
+    if let Some(x) = std::env::var_os(xdg_var).map(PathBuf::from)
         && x.is_absolute()
     {
         return Ok(x.join("pharmacy-client"));
     }
     match std::env::var_os("HOME") {
-        Some(h) if !h.is_empty() => Ok(PathBuf::from(h).join(".config/pharmacy-client")),
-        _ => Err(Failure::Usage(
-            "設定ディレクトリが決められません: XDG_CONFIG_HOME も HOME も設定されていません \
-             (--config PATH で指定できます)"
-                .into(),
-        )),
+        Some(h) if !h.is_empty() => {
+            Ok(PathBuf::from(h).join(home_fallback).join("pharmacy-client"))
+        }
+        _ => Err(Failure::Usage(format!(
+            "ディレクトリが決められません: {xdg_var} も HOME も設定されていません ({setting} で指定できます)"
+        ))),
     }
+}
+
+/// The configuration directory: `$XDG_CONFIG_HOME/pharmacy-client`, else `~/.config/…`.
+pub fn config_dir() -> Result<PathBuf, Failure> {
+    xdg_dir("XDG_CONFIG_HOME", ".config", "--config PATH")
+}
+
+/// The offline state: `$XDG_STATE_HOME/pharmacy-client`, else `~/.local/state/…`.
+fn state_dir() -> Result<PathBuf, Failure> {
+    xdg_dir(
+        "XDG_STATE_HOME",
+        ".local/state",
+        "設定ファイルの state_dir か PHARMACY_STATE_DIR",
+    )
+}
+
+fn env_or(name: &str, file: Option<String>) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or(file)
+        .map(|v| v.trim().to_string())
 }
 
 /// Loads the settings: `--relay`/`PHARMACY_RELAY_URL` (clap merges the two) over the file over
@@ -98,11 +133,21 @@ pub fn load(
         .and_then(|s| s.parse().ok())
         .or(file.timeout_secs)
         .unwrap_or(30);
+    let state_dir = match std::env::var_os("PHARMACY_STATE_DIR")
+        .map(PathBuf::from)
+        .or(file.state_dir)
+    {
+        Some(d) => d,
+        None => state_dir()?,
+    };
     Ok(Settings {
         relay_url,
         config_file,
         token_file,
         timeout: Duration::from_secs(timeout_secs.max(1)),
+        state_dir,
+        smtp_url: env_or("PHARMACY_SMTP_URL", file.smtp_url),
+        mail_from: env_or("PHARMACY_MAIL_FROM", file.mail_from),
     })
 }
 
@@ -124,9 +169,15 @@ pub fn read_token(s: &Settings) -> Result<Option<String>, Failure> {
     }
 }
 
-/// Writes the token readable by the user only: the directory is created 0700, the file is
-/// written to a 0600 temporary beside it and renamed over the old one.
+/// Writes the token readable by the user only (see [`write_private`]).
 pub fn save_token(path: &Path, token: &str) -> Result<(), Failure> {
+    write_private(path, format!("{token}\n").as_bytes())
+}
+
+/// Writes `bytes` to `path` readable by the user only: the directory is created 0700, the file is
+/// written to a 0600 temporary beside it, synced and renamed over the old one — a crash leaves the
+/// old or the new version, never half of one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     let io =
         |what: &str, e: std::io::Error| Failure::Other(format!("{what} {}: {e}", path.display()));
     let dir = path
@@ -142,7 +193,7 @@ pub fn save_token(path: &Path, token: &str) -> Result<(), Failure> {
     }
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("token"),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
     let mut f = fs::OpenOptions::new()
@@ -151,13 +202,13 @@ pub fn save_token(path: &Path, token: &str) -> Result<(), Failure> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| io("トークンを書けません", e))?;
+        .map_err(|e| io("書けません", e))?;
     // The mode above applies only to a new file; make sure of it either way.
     f.set_permissions(fs::Permissions::from_mode(0o600))
-        .and_then(|_| f.write_all(format!("{token}\n").as_bytes()))
+        .and_then(|_| f.write_all(bytes))
         .and_then(|_| f.sync_all())
-        .map_err(|e| io("トークンを書けません", e))?;
-    fs::rename(&tmp, path).map_err(|e| io("トークンを保存できません", e))
+        .map_err(|e| io("書けません", e))?;
+    fs::rename(&tmp, path).map_err(|e| io("保存できません", e))
 }
 
 /// Removes the stored token; Ok(false) when there was none.

@@ -7,14 +7,15 @@
 mod api;
 mod commands;
 mod config;
+mod mailer;
+mod offline;
 mod output;
 mod scan;
+mod sync;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::api::exit;
 
 const EXIT_CODES: &str = "\
 終了コード (exit codes):
@@ -24,11 +25,14 @@ const EXIT_CODES: &str = "\
   3  見つからない (404 PRESCRIPTION_NOT_FOUND など)
   4  状態の衝突 (409 HELD_BY_ANOTHER_PHARMACY, 410 取消・期限切れ)
   5  認証・権限 (401, 403, 未ログイン)
-  6  リレーに接続できない / 503
+  6  リレーに接続できない / 503 (何も記録されていない)
+  7  リレーに接続できないため、この端末に保存した (医療機関へは直接メール)。sync で送信
 
-設定: $XDG_CONFIG_HOME/pharmacy-client/config.toml (relay_url, token_file, timeout_secs);
-環境変数 PHARMACY_RELAY_URL, PHARMACY_CLIENT_CONFIG, PHARMACY_TOKEN, PHARMACY_TOKEN_FILE,
-PHARMACY_TIMEOUT_SECS が設定ファイルより優先、コマンドラインの指定がさらに優先します。
+設定: $XDG_CONFIG_HOME/pharmacy-client/config.toml (relay_url, token_file, timeout_secs, state_dir,
+smtp_url, mail_from); 環境変数 PHARMACY_RELAY_URL, PHARMACY_CLIENT_CONFIG, PHARMACY_TOKEN,
+PHARMACY_TOKEN_FILE, PHARMACY_TIMEOUT_SECS, PHARMACY_STATE_DIR, PHARMACY_SMTP_URL, PHARMACY_MAIL_FROM
+が設定ファイルより優先、コマンドラインの指定がさらに優先します。
+オフライン用の施設一覧と未送信の記録: $XDG_STATE_HOME/pharmacy-client (既定 ~/.local/state/pharmacy-client)。
 
 例:
   pharmacy-client login --token \"$(relay token --facility 9948000014 --role pharmacist --staff p-1)\"
@@ -140,6 +144,94 @@ pub enum Command {
     /// 紙・FAXへの切替 (paper/FAX fallback cases)
     #[command(subcommand)]
     Fallback(FallbackCommand),
+    /// 事前送付された処方箋の一覧と準備済みの記録 (pre-sent prescriptions)
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "例:\n  pharmacy-client incoming\n  pharmacy-client incoming --status prepared\n  pharmacy-client incoming prepare <送付ID>\n\
+                      患者が来局したら、控えまたは保険情報で通常どおり受付します (pharmacy-client scan / receive)。"
+    )]
+    Incoming {
+        #[command(subcommand)]
+        action: Option<IncomingCommand>,
+        /// 状態で絞り込み (sent 未準備, prepared 準備済み, received 受付済み)
+        #[arg(long, value_enum)]
+        status: Option<PresendStatus>,
+    },
+    /// 施設一覧 (医療機関のメール・FAX送信先) をこの端末に保存・表示 (for offline use)
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
+    /// オフライン中に保存した依頼をリレーへ送信し、施設一覧を更新 (upload the offline queue)
+    #[command(after_help = "例:\n  pharmacy-client sync\n\
+                      同じ記録を二度送っても依頼は一つだけです (Idempotency-Key)。リレーが受け付けなかった記録は「要確認」として残ります。")]
+    Sync,
+    /// 未送信の件数、最終同期、施設一覧の鮮度 (offline queue and last sync)
+    #[command(after_help = "例:\n  pharmacy-client status\n  pharmacy-client --json status")]
+    Status,
+    /// 要確認の記録の扱い (retry or discard an offline record)
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum PresendStatus {
+    Sent,
+    Prepared,
+    Received,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncomingCommand {
+    /// 準備済みを記録
+    #[command(after_help = "例:\n  pharmacy-client incoming prepare 0190a6c4-…")]
+    Prepare {
+        /// 送付ID (incoming の一覧の「送付ID」)
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// リレーから施設一覧を取得して保存 (変わっていなければ取得しません)
+    #[command(after_help = "例:\n  pharmacy-client directory sync")]
+    Sync,
+    /// 保存した施設一覧を表示 (リレーに接続しません)
+    #[command(
+        after_help = "例:\n  pharmacy-client directory list --kind clinic\n  pharmacy-client directory list --search 検証"
+    )]
+    List {
+        #[arg(long, value_enum)]
+        kind: Option<FacilityKind>,
+        /// 名称・コードの一部
+        #[arg(long)]
+        search: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum FacilityKind {
+    Clinic,
+    Pharmacy,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// 要確認の記録を、次の sync で送り直す
+    #[command(after_help = "例:\n  pharmacy-client queue retry 0190a6c4")]
+    Retry {
+        /// 記録の番号 (先頭の一部で可)
+        id: String,
+    },
+    /// 記録を送らないことにする (理由は記録に残ります)
+    #[command(
+        after_help = "例:\n  pharmacy-client queue discard 0190a6c4 --reason \"医療機関に電話で確認し、紙で受領済み\""
+    )]
+    Discard {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -297,8 +389,8 @@ pub struct FallbackEligibility {
     /// 住所 (申立書・災害時)
     #[arg(long)]
     pub address: Option<String>,
-    /// 連絡先 (申立書)
-    #[arg(long)]
+    /// 連絡先 (申立書; --address と一緒に)
+    #[arg(long, requires = "address")]
     pub contact: Option<String>,
     /// legacy_insurance_card で提示された書類
     #[arg(long, value_enum)]
@@ -324,8 +416,10 @@ pub enum Preferred {
 pub enum FallbackCommand {
     /// 処方元に紙・FAXでの発行を依頼 (受付していなくても可)
     #[command(
-        after_help = "例:\n  pharmacy-client fallback request --number 048213 --insurer 01130012 --symbol 1234 --insured-number 5678 --branch 01 \\\n    --reason \"薬局システム障害\" --preferred fax\n  \
-                            pharmacy-client fallback request --prescription-id <ID> --reason \"…\" --preferred paper_reissue"
+        after_help = "例:\n  pharmacy-client fallback request --number 048213 --insurer 01130012 --symbol 1234 --insured-number 5678 --branch 01 \\\n    --reason \"薬局システム障害\" --preferred fax --clinic 9918000010\n  \
+                            pharmacy-client fallback request --prescription-id <ID> --reason \"…\" --preferred paper_reissue\n\n\
+                            リレーに接続できないときは、--clinic の医療機関 (施設一覧: directory sync で保存) に smtp_url で直接メールし、\n\
+                            この端末に保存して終了コード 7 で終わります。リレーの復旧後に pharmacy-client sync で登録されます。"
     )]
     Request {
         /// 引換番号
@@ -348,6 +442,9 @@ pub enum FallbackCommand {
         /// 補足
         #[arg(long)]
         note: Option<String>,
+        /// 処方元の医療機関コードまたは名称 (リレーに接続できないときの直接メールの宛先)
+        #[arg(long, value_name = "CODE_OR_NAME")]
+        clinic: Option<String>,
     },
     /// この薬局の依頼の一覧
     #[command(
@@ -389,10 +486,13 @@ pub enum FallbackCommand {
 }
 
 fn main() {
+    // reqwest and lettre speak TLS through rustls with this provider (see Cargo.toml); it can
+    // only fail if another provider was installed first, which nothing here does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let json = cli.json;
     let code = match commands::run(cli) {
-        Ok(()) => exit::OK,
+        Ok(code) => code,
         Err(f) => {
             output::report(&f, json);
             f.exit_code()

@@ -66,6 +66,18 @@ pub fn s(v: &Value, pointer: &str) -> String {
     }
 }
 
+/// An RFC 3339 time from the relay in Japan time (as given when it does not parse).
+pub fn jst(raw: &str) -> String {
+    let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
+    match raw.parse::<jiff::Timestamp>() {
+        Ok(t) => t
+            .to_zoned(tz)
+            .strftime("%Y-%m-%d %H:%M (日本時間)")
+            .to_string(),
+        Err(_) => raw.to_string(),
+    }
+}
+
 pub fn status_label(status: &str) -> String {
     let ja = match status {
         "registered" => "未受付",
@@ -160,9 +172,9 @@ pub fn report(f: &Failure, json: bool) {
     eprint!("{}", human(f));
 }
 
-fn plain(f: &Failure) -> String {
+pub fn plain(f: &Failure) -> String {
     match f {
-        Failure::Usage(m) | Failure::Other(m) => m.clone(),
+        Failure::Usage(m) | Failure::Other(m) | Failure::OfflineNotPossible(m) => m.clone(),
         Failure::NoToken => "ログインしていません".into(),
         Failure::Problem(p) => p.detail.clone(),
         Failure::Http { status, text } => format!("HTTP {status}: {text}"),
@@ -178,15 +190,18 @@ pub fn human(f: &Failure) -> String {
         Failure::Usage(m) => format!("エラー: {m}\n"),
         Failure::Other(m) => format!("エラー: {m}\n"),
         Failure::Declined => "中止しました。リレーには何も送っていません。\n".into(),
+        Failure::OfflineNotPossible(m) => format!(
+            "エラー OFFLINE_NOT_POSSIBLE: {m}\nリレーにも医療機関にも何も送っていません。\n"
+        ),
         Failure::NoToken => "エラー: ログインしていません。\n次にできること: pharmacy-client login --token <JWT> でトークンを保存してください（トークンは薬局の管理者から受け取ります）。\n".into(),
         Failure::Unreachable { url, detail } => format!(
             "エラー RELAY_UNREACHABLE: リレー ({url}) に接続できません: {detail}\n\
              リレーには何も記録されていません。\n\
              次にできること:\n  \
              - ネットワークと --relay / PHARMACY_RELAY_URL の URL を確認し、しばらくして再実行してください。\n  \
-             - 処方箋を受け取れない場合は、処方元の医療機関に紙またはFAXでの発行を依頼できます:\n    \
-             pharmacy-client fallback request --number <引換番号> --insurer … --insured-number … --branch … --reason \"…\" --preferred fax\n    \
-             （リレーが使えない間は医療機関へ電話・FAXで直接連絡してください。オフライン送信は今後対応予定です）\n"
+             - 処方箋を受け取れない場合は、処方元の医療機関に紙またはFAXでの発行を依頼できます。\n    \
+             リレーが使えない間も、医療機関へ直接メールで依頼し、この端末に保存します（復旧後に sync）:\n    \
+             pharmacy-client fallback request --clinic <医療機関コード> --number <引換番号> --insurer … --insured-number … --branch … --reason \"…\" --preferred fax\n"
         ),
         Failure::Http { status, text } => {
             let mut out = format!("エラー HTTP {status}: {text}\n");

@@ -35,13 +35,28 @@ pub struct FallbackRecord {
     pub original_received_on: Option<Date>,
     pub original_matches: Option<bool>,
     pub original_note: Option<String>,
+    pub offline: Option<OfflineRequest>,
+}
+
+/// A request made while the relay was unreachable (pharmacy-client's queue), uploaded later.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OfflineRequest {
+    /// The client's id for the queued record: one case per id and pharmacy.
+    pub local_id: String,
+    /// When the pharmacist asked, at the counter.
+    #[schema(value_type = String, format = DateTime)]
+    pub requested_at: Timestamp,
+    /// When the client mailed the clinic directly, if it could.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub clinic_mailed_at: Option<Timestamp>,
 }
 
 const SELECT: &str = "SELECT f.id, f.prescription_id, p.exchange_number, p.issued_on,
         p.document->'patient'->>'name', f.clinic_code, f.pharmacy_code, f.reason, f.preferred,
         f.note, f.status, f.mode, f.cancellation, f.reissued_prescription_id, f.requested_at,
         f.resolved_at, f.dispensed_on, f.original_mailed_on, f.tracking, f.original_received_on,
-        f.original_matches, f.original_note
+        f.original_matches, f.original_note, f.offline_local_id, f.offline_requested_at,
+        f.clinic_mailed_directly_at
    FROM fallbacks f JOIN prescriptions p ON p.id = f.prescription_id";
 
 fn from_row(r: &tokio_postgres::Row) -> Result<FallbackRecord, DbError> {
@@ -76,6 +91,14 @@ fn from_row(r: &tokio_postgres::Row) -> Result<FallbackRecord, DbError> {
         original_received_on: r.get(19),
         original_matches: r.get(20),
         original_note: r.get(21),
+        offline: match (r.get::<_, Option<String>>(22), r.get(23)) {
+            (Some(local_id), Some(requested_at)) => Some(OfflineRequest {
+                local_id,
+                requested_at,
+                clinic_mailed_at: r.get(24),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -87,18 +110,32 @@ pub struct NewFallback<'a> {
     pub reason: &'a str,
     pub preferred: FallbackMode,
     pub note: Option<&'a str>,
+    pub offline: Option<&'a OfflineRequest>,
 }
 
-/// Inserts a requested case; `Err(existing)` when the prescription already has an open case.
+/// Inserts a requested case; `Err(existing)` when the prescription already has an open case, or
+/// when this pharmacy already uploaded the same offline record.
 pub async fn insert(
     c: &impl GenericClient,
     n: &NewFallback<'_>,
 ) -> Result<Result<(), Uuid>, DbError> {
+    if let Some(o) = n.offline {
+        let earlier = c
+            .query_opt(
+                "SELECT id FROM fallbacks WHERE pharmacy_code = $1 AND offline_local_id = $2",
+                &[&n.pharmacy_code, &o.local_id],
+            )
+            .await?;
+        if let Some(r) = earlier {
+            return Ok(Err(r.get(0)));
+        }
+    }
     let stmt = c
         .prepare_cached(
             "INSERT INTO fallbacks (id, prescription_id, clinic_code, pharmacy_code, reason,
-                 preferred, note, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested')
+                 preferred, note, status, offline_local_id, offline_requested_at,
+                 clinic_mailed_directly_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10)
              ON CONFLICT (prescription_id)
                  WHERE status NOT IN ('withdrawn', 'closed', 'paper_reissued') DO NOTHING",
         )
@@ -114,6 +151,9 @@ pub async fn insert(
                 &n.reason,
                 &n.preferred.as_str(),
                 &n.note,
+                &n.offline.map(|o| o.local_id.as_str()),
+                &n.offline.map(|o| o.requested_at),
+                &n.offline.and_then(|o| o.clinic_mailed_at),
             ],
         )
         .await?;

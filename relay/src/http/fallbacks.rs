@@ -20,7 +20,9 @@ use super::prescriptions::{InsuredKey, identity_of, own_facility};
 use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
-use crate::db::fallbacks::{self as cases, Change, FallbackEvent, FallbackRecord, NewFallback};
+use crate::db::fallbacks::{
+    self as cases, Change, FallbackEvent, FallbackRecord, NewFallback, OfflineRequest,
+};
 use crate::db::outbox::{self, Attachment, Mail};
 use crate::db::prescriptions::{self, Record};
 use crate::db::{DbError, GenericClient, events, facilities};
@@ -54,6 +56,24 @@ pub struct FallbackRequest {
     pub preferred: FallbackMode,
     #[serde(default)]
     pub note: Option<String>,
+    /// Set by pharmacy-client when it uploads a request it queued while the relay was unreachable.
+    #[serde(default)]
+    pub offline: Option<OfflineRequestBody>,
+}
+
+/// What pharmacy-client knows of a request it made offline.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineRequestBody {
+    /// The queued record's id (1–64 characters); the same id never opens a second case.
+    pub local_id: String,
+    /// When the pharmacist asked, at the counter (not in the future).
+    #[schema(value_type = String, format = DateTime)]
+    pub requested_at: Timestamp,
+    /// When the clinic was mailed directly, if it was.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub clinic_mailed_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -141,6 +161,8 @@ pub struct FallbackView {
     pub original_received_on: Option<Date>,
     pub original_matches: Option<bool>,
     pub original_note: Option<String>,
+    /// Present when the request was made offline and uploaded later.
+    pub offline: Option<OfflineRequest>,
     pub events: Vec<FallbackEvent>,
 }
 
@@ -230,6 +252,70 @@ fn text(
     }
 }
 
+/// `offline`, checked: a local id of 1–64 characters, times not in the future (five minutes of
+/// clock skew allowed), the mail not before the request.
+fn offline_request(o: &OfflineRequestBody, e: &mut FieldErrors) -> Option<OfflineRequest> {
+    let before = e.len();
+    let local_id = o.local_id.trim();
+    if local_id.is_empty() || local_id.chars().count() > 64 {
+        e.add(
+            "offline.local_id",
+            "LENGTH",
+            "offline.local_id has 1 to 64 characters",
+        );
+    }
+    let latest = Timestamp::now() + jiff::SignedDuration::from_mins(5);
+    if o.requested_at > latest {
+        e.add(
+            "offline.requested_at",
+            "IN_FUTURE",
+            "offline.requested_at is in the future",
+        );
+    }
+    match o.clinic_mailed_at {
+        Some(m) if m > latest => e.add(
+            "offline.clinic_mailed_at",
+            "IN_FUTURE",
+            "offline.clinic_mailed_at is in the future",
+        ),
+        Some(m) if m < o.requested_at => e.add(
+            "offline.clinic_mailed_at",
+            "BEFORE_REQUEST",
+            "offline.clinic_mailed_at is before offline.requested_at",
+        ),
+        _ => {}
+    }
+    (e.len() == before).then(|| OfflineRequest {
+        local_id: local_id.to_string(),
+        requested_at: o.requested_at,
+        clinic_mailed_at: o.clinic_mailed_at,
+    })
+}
+
+/// The clinic may already have acted on the pharmacy's own mail: say so, so that it records what
+/// it did instead of issuing twice.
+fn offline_paragraph(o: &OfflineRequest) -> String {
+    let at = |t: Timestamp| {
+        t.to_zoned(crate::domain::time::tokyo())
+            .strftime("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    match o.clinic_mailed_at {
+        Some(m) => format!(
+            "\nこの依頼は {} にリレーへ接続できない状態で行われ、{} に薬局から直接メールでお知らせ済みのものです\
+             （薬局側の番号 {}）。すでに紙またはFAXで対応済みの場合は、二重に発行せず、対応した方法をリレーに記録してください。\n",
+            at(o.requested_at),
+            at(m),
+            o.local_id
+        ),
+        None => format!(
+            "\nこの依頼は {} にリレーへ接続できない状態で行われ、復旧後に登録されたものです（薬局側の番号 {}）。\n",
+            at(o.requested_at),
+            o.local_id
+        ),
+    }
+}
+
 fn in_tokyo(t: Timestamp) -> Date {
     t.to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC))
         .date()
@@ -279,6 +365,7 @@ async fn view(c: &impl GenericClient, f: FallbackRecord) -> Result<FallbackView,
         original_received_on: f.original_received_on,
         original_matches: f.original_matches,
         original_note: f.original_note,
+        offline: f.offline,
         events: cases::events(c, f.id).await?,
     })
 }
@@ -419,6 +506,7 @@ pub async fn request(
     let mut e = FieldErrors::new();
     let reason = text("reason", Some(&r.reason), true, 500, &mut e);
     let note = text("note", r.note.as_deref(), false, 1000, &mut e);
+    let offline = r.offline.as_ref().and_then(|o| offline_request(o, &mut e));
     let by_number = match (&r.prescription_id, &r.exchange_number, &r.insured) {
         (Some(_), None, None) => None,
         (None, Some(n), Some(k)) => {
@@ -496,6 +584,7 @@ pub async fn request(
                 reason: &reason,
                 preferred: r.preferred,
                 note: note.as_deref(),
+                offline: offline.as_ref(),
             },
         )
         .await?
@@ -513,7 +602,7 @@ pub async fn request(
             "requested",
             None,
             FallbackStatus::Requested,
-            serde_json::json!({"preferred": r.preferred.as_str()}),
+            serde_json::json!({"preferred": r.preferred.as_str(), "offline": offline}),
         )
         .await?;
         let clinic = facility(tx, &p.issuer_code).await?;
@@ -526,17 +615,24 @@ pub async fn request(
             &Mail {
                 to: vec![clinic.email.clone()],
                 subject: format!(
-                    "【電子処方箋】代替手段の依頼：{}（引換番号 {}）",
-                    pharmacy.name, p.exchange_number
+                    "【電子処方箋】代替手段の依頼{}：{}（引換番号 {}）",
+                    if offline.is_some() {
+                        "（障害中の依頼の登録）"
+                    } else {
+                        ""
+                    },
+                    pharmacy.name,
+                    p.exchange_number
                 ),
                 body: format!(
                     "{} 御中\n\n{} から、電子処方箋を受け付けられないため代替手段の依頼がありました。\n\
-                     電子処方箋を取り消し、紙の処方箋の交付またはFAXでの送付をお願いします。\n\n\
+                     電子処方箋を取り消し、紙の処方箋の交付またはFAXでの送付をお願いします。\n{}\n\
                      引換番号: {}\n交付年月日: {}\n処方ID: {}\n理由: {}\n希望: {}\n{}\
                      薬局: {}（{}）{}\n\n\
                      対応: POST /v1/fallbacks/{}/resolve {{\"mode\": \"paper_reissue\" | \"fax\"}}{}",
                     clinic.name,
                     pharmacy.name,
+                    offline.as_ref().map(offline_paragraph).unwrap_or_default(),
                     p.exchange_number,
                     p.issued_on,
                     p.id,

@@ -445,7 +445,7 @@ impl Browser {
             });
         let driver = Driver { child, profile };
         let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = crate::helpers::http_client().build().expect("client");
         let started = Instant::now();
         loop {
             let ready = http

@@ -883,3 +883,68 @@ async fn every_step_out_of_order_is_refused_naming_the_current_state() {
     }
     assert_eq!(refused, 7 * 6 - allowed.len());
 }
+
+#[tokio::test]
+async fn a_request_made_offline_is_uploaded_once_and_tells_the_clinic_it_was_mailed_already() {
+    let smtp = TestSmtp::start().await;
+    let app = app_with(&smtp, |_| {}).await;
+    let pharmacist = app.pharmacist();
+    let reg = app.register(&prescription()).await;
+    let number = reg["exchange_number"].as_str().unwrap();
+    // Whole seconds: PostgreSQL keeps microseconds.
+    let asked = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 90 * 60).unwrap();
+    let mailed = asked + jiff::SignedDuration::from_secs(20);
+    let offline = |local_id: &str, requested: jiff::Timestamp, mailed: jiff::Timestamp| {
+        let mut b = by_number(number, "fax");
+        b["offline"] = json!({"local_id": local_id, "requested_at": requested.to_string(),
+                              "clinic_mailed_at": mailed.to_string()});
+        b
+    };
+
+    // Bad offline members name the field and change nothing.
+    let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let r = request(&app, &pharmacist, &offline("", future, asked)).await;
+    r.assert_problem(422, "VALIDATION_FAILED");
+    let fields: Vec<String> = r.field_errors().into_iter().map(|(f, _)| f).collect();
+    assert!(
+        fields.contains(&"offline.local_id".into())
+            && fields.contains(&"offline.requested_at".into())
+            && fields.contains(&"offline.clinic_mailed_at".into()),
+        "{fields:?}"
+    );
+    let mut bad = by_number(number, "fax");
+    bad["offline"] = json!({"local_id": "x", "requested_at": "yesterday"});
+    request(&app, &pharmacist, &bad)
+        .await
+        .assert_problem(422, "VALIDATION_FAILED");
+    let n: i64 = app.sql_one("SELECT count(*) FROM fallbacks").await;
+    assert_eq!(n, 0);
+
+    let r = request(&app, &pharmacist, &offline("q-1", asked, mailed)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["fallback_id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["offline"]["local_id"], "q-1");
+    assert_eq!(r.body["offline"]["requested_at"], asked.to_string());
+    assert_eq!(r.body["offline"]["clinic_mailed_at"], mailed.to_string());
+
+    // The same queued record uploaded again (a new key, as after a lost answer) opens nothing new.
+    let r = request(&app, &pharmacist, &offline("q-1", asked, mailed)).await;
+    r.assert_problem(409, "FALLBACK_EXISTS");
+    assert_eq!(r.body["fallback_id"], id.as_str());
+    let n: i64 = app.sql_one("SELECT count(*) FROM fallbacks").await;
+    assert_eq!(n, 1);
+
+    // The clinic learns that this is the record of a request it was mailed directly.
+    let mails = deliver(&app, &smtp, 0).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].subject.contains("障害中の依頼の登録"),
+        "{}",
+        mails[0].subject
+    );
+    assert!(
+        mails[0].body.contains("直接メールでお知らせ済み") && mails[0].body.contains("q-1"),
+        "{}",
+        mails[0].body
+    );
+}

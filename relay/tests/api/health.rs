@@ -37,7 +37,8 @@ async fn readyz_fails_fast_when_the_database_is_unreachable() {
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     let started = std::time::Instant::now();
-    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    let http = crate::helpers::http_client().build().expect("client");
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let body: serde_json::Value = r.json().await.unwrap();
@@ -52,7 +53,7 @@ async fn readyz_fails_fast_when_the_database_is_unreachable() {
             std::time::Duration::from_secs(60),
         )
         .unwrap();
-    let r = reqwest::Client::new()
+    let r = http
         .post(format!("{base}/v1/prescriptions"))
         .bearer_auth(token)
         .json(&prescription())

@@ -174,7 +174,7 @@ impl TestApp {
             address,
             pool,
             keys,
-            http: reqwest::Client::builder()
+            http: http_client()
                 .redirect(reqwest::redirect::Policy::none())
                 // Below the server's keep-alive, so a pooled connection is never one it closed.
                 .pool_idle_timeout(Duration::from_secs(20))
@@ -464,4 +464,12 @@ pub async fn add_pharmacies(app: &TestApp, codes: &[String]) {
 
 pub fn role_token(app: &TestApp, facility: &str, role: Role) -> String {
     app.token(facility, role, &format!("{}-staff", role.as_str()))
+}
+
+/// A reqwest client builder. The workspace's reqwest has rustls without a built-in crypto provider
+/// (pharmacy-client installs ring; see Cargo.toml), so every process installs it before building
+/// a client, tests included.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }
