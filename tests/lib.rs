@@ -122,12 +122,12 @@ impl Relay {
     }
 
     /// Starts `relay serve` with stderr appended to `work/serve.log`; waits for the port.
-    pub fn serve(&self) -> Child {
+    pub fn serve(&self) -> Serving {
         self.serve_with(&[])
     }
 
     /// [`Relay::serve`] with extra environment variables (configuration overrides).
-    pub fn serve_with(&self, env: &[(&str, &str)]) -> Child {
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Serving {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -143,7 +143,7 @@ impl Relay {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(&self.listen).is_ok() {
-                return child;
+                return Serving(child);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -201,6 +201,31 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A running `relay serve`: a `Child` (stop it with [`terminate`] to see its exit), killed when
+/// dropped so that a failing test leaves no relay behind.
+pub struct Serving(Child);
+
+impl std::ops::Deref for Serving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        // Already reaped after `terminate`: kill and wait then fail quietly.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A reqwest client builder. The workspace's reqwest has rustls without a built-in crypto provider

@@ -1,32 +1,19 @@
 //! The fallback ladder from the counter: one run of `eligibility fallback` per method.
 
-use std::process::Child;
-
 use super::*;
-
-/// A running `relay serve`, killed if the test fails before stopping it.
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `relay serve` with expired 健康保険証 / お知らせ accepted through `legacy_until` (configuration
 /// `eligibility.legacy_card_until`, here from the environment).
 fn serve_legacy_until(relay: &Relay, legacy_until: &str) -> Serving {
-    Serving(relay.serve_with(&[("RELAY_ELIGIBILITY__LEGACY_CARD_UNTIL", legacy_until)]))
+    relay.serve_with(&[("RELAY_ELIGIBILITY__LEGACY_CARD_UNTIL", legacy_until)])
 }
 
 /// SIGTERM, and the relay exits cleanly.
 async fn stop(mut server: Serving) {
-    let exit =
-        tokio::task::spawn_blocking(move || terminate(&mut server.0, Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .expect("relay exits after SIGTERM");
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut server, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("relay exits after SIGTERM");
     assert!(exit.success());
 }
 
@@ -550,10 +537,9 @@ async fn pharmacy_client_fallback_ladder_every_method() {
     );
     assert!(!err.contains("legacy_insurance_card"), "{err}");
 
-    let exit =
-        tokio::task::spawn_blocking(move || terminate(&mut server.0, Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .expect("relay exits after SIGTERM");
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut server, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("relay exits after SIGTERM");
     assert!(exit.success());
 }
