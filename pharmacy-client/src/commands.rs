@@ -96,7 +96,7 @@ pub(crate) fn jwt_claims(token: &str) -> Result<Value, Failure> {
 }
 
 pub(crate) fn tokyo(secs: i64) -> String {
-    let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
+    let tz = output::tokyo_tz();
     match jiff::Timestamp::from_second(secs) {
         Ok(t) => t
             .to_zoned(tz)
@@ -111,7 +111,7 @@ fn now_secs() -> i64 {
 }
 
 fn today() -> String {
-    let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
+    let tz = output::tokyo_tz();
     jiff::Timestamp::now().to_zoned(tz).date().to_string()
 }
 

@@ -66,14 +66,22 @@ pub fn s(v: &Value, pointer: &str) -> String {
     }
 }
 
+/// Japan time (bundled tzdb; UTC only if it were missing).
+pub fn tokyo_tz() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// `2026-05-01 10:15` in Japan time.
+pub fn jst_minutes(t: jiff::Timestamp) -> String {
+    t.to_zoned(tokyo_tz())
+        .strftime("%Y-%m-%d %H:%M")
+        .to_string()
+}
+
 /// An RFC 3339 time from the relay in Japan time (as given when it does not parse).
 pub fn jst(raw: &str) -> String {
-    let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
     match raw.parse::<jiff::Timestamp>() {
-        Ok(t) => t
-            .to_zoned(tz)
-            .strftime("%Y-%m-%d %H:%M (日本時間)")
-            .to_string(),
+        Ok(t) => format!("{} (日本時間)", jst_minutes(t)),
         Err(_) => raw.to_string(),
     }
 }

@@ -26,13 +26,9 @@ use crate::offline::{
 use crate::output::{self, fields, s, table};
 use crate::{FacilityKind, QueueCommand};
 
-fn jst(t: Timestamp) -> String {
-    let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
-    t.to_zoned(tz).strftime("%Y-%m-%d %H:%M").to_string()
-}
-
 fn jst_opt(t: Option<Timestamp>, none: &str) -> String {
-    t.map(jst).unwrap_or_else(|| none.to_string())
+    t.map(output::jst_minutes)
+        .unwrap_or_else(|| none.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -125,7 +121,7 @@ pub fn directory_list(
     }
     println!(
         "施設一覧 (取得 {}、版 {}): {} 件\n",
-        jst(d.fetched_at),
+        output::jst_minutes(d.fetched_at),
         s(&d.directory, "/version"),
         list.len()
     );
@@ -188,7 +184,7 @@ fn find_clinic(d: &CachedDirectory, query: &str) -> Result<Value, Failure> {
         [one] => Ok((*one).clone()),
         [] => Err(Failure::Usage(format!(
             "--clinic「{q}」に当たる医療機関が施設一覧 (取得 {}) にありません。医療機関コードで指定するか、pharmacy-client directory list --kind clinic で確認してください",
-            jst(d.fetched_at)
+            output::jst_minutes(d.fetched_at)
         ))),
         many => Err(Failure::Usage(format!(
             "--clinic「{q}」に当たる医療機関が複数あります: {}。医療機関コードで指定してください",
@@ -420,7 +416,7 @@ fn clinic_mail(q: &Queued, me: &Value, mail_from: Option<&str>) -> Result<Direct
             n if n.is_empty() => String::new(),
             n => format!("補足: {n}\n"),
         },
-        at = jst(q.created_at),
+        at = output::jst_minutes(q.created_at),
         phone = match s(me, "/phone") {
             p if p.is_empty() => String::new(),
             p => format!("電話: {p}\n"),
@@ -693,7 +689,7 @@ pub fn status(settings: &Settings, json: bool) -> Result<i32, Failure> {
             (
                 "最後の失敗",
                 match (&record.last_error, record.last_attempt_at) {
-                    (Some(e), Some(at)) => format!("{} {e}", jst(at)),
+                    (Some(e), Some(at)) => format!("{} {e}", output::jst_minutes(at)),
                     _ => String::new(),
                 }
             ),
@@ -703,7 +699,7 @@ pub fn status(settings: &Settings, json: bool) -> Result<i32, Failure> {
                     Some(d) => format!(
                         "{} 施設、取得 {} (版 {})",
                         d.facilities().len(),
-                        jst(d.fetched_at),
+                        output::jst_minutes(d.fetched_at),
                         s(&d.directory, "/version")
                     ),
                     None => "未取得 (pharmacy-client directory sync)".into(),
@@ -727,9 +723,9 @@ pub fn status(settings: &Settings, json: bool) -> Result<i32, Failure> {
                 q.status.label().to_string(),
                 q.exchange_number.clone(),
                 format!("{} ({})", q.clinic.name, q.clinic.code),
-                jst(q.created_at),
+                output::jst_minutes(q.created_at),
                 match (&q.mail.sent_at, &q.mail.error) {
-                    (Some(at), _) => format!("送信 {}", jst(*at)),
+                    (Some(at), _) => format!("送信 {}", output::jst_minutes(*at)),
                     (None, Some(_)) => "送れず (電話・FAXで連絡)".into(),
                     (None, None) => "未送信".into(),
                 },
@@ -794,7 +790,7 @@ pub fn queue(settings: &Settings, command: QueueCommand, json: bool) -> Result<i
             q.note = Some(format!(
                 "{} (取りやめ {})",
                 reason.trim(),
-                jst(Timestamp::now())
+                output::jst_minutes(Timestamp::now())
             ));
         }
     }
@@ -837,7 +833,7 @@ pub fn reminder(settings: &Settings) -> Option<String> {
         .sync_record()
         .ok()
         .and_then(|r| r.last_sync_at)
-        .map(jst)
+        .map(output::jst_minutes)
         .unwrap_or_else(|| "まだ同期していません".into());
     Some(format!(
         "注意: リレーに未登録のオフライン記録があります — 未送信 {} 件・要確認 {} 件 (最終同期: {})。pharmacy-client status / sync",
