@@ -222,6 +222,10 @@ pub struct DatabaseSettings {
     /// the server with a fresh connection (answered within `acquire_timeout_ms`, or the connection
     /// is closed and the request answers 503). 0: never (a blackholed connection may hang).
     pub response_timeout_ms: u64,
+    /// PostgreSQL `plan_cache_mode = force_generic_plan` for the relay's sessions: every statement
+    /// is a key lookup prepared once per connection, and planning it again on each execution (what
+    /// `auto` kept doing) cost about a sixth of the database's time per request (BENCHMARKS.md).
+    pub generic_plans: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -232,6 +236,7 @@ impl Default for DatabaseSettings {
             migrate_on_start: true,
             statement_timeout_ms: 10_000,
             response_timeout_ms: 3_000,
+            generic_plans: true,
         }
     }
 }

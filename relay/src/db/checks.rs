@@ -28,42 +28,45 @@ pub struct NewCheck<'a> {
     pub unavailable_reason: Option<&'a str>,
 }
 
-pub async fn insert(c: &impl GenericClient, n: &NewCheck<'_>) -> Result<(), DbError> {
+/// Records a check; the row as stored.
+pub async fn insert(c: &impl GenericClient, n: &NewCheck<'_>) -> Result<StoredCheck, DbError> {
     let stmt = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "INSERT INTO checks (id, facility_code, staff_id, role, context, qualification_id,
                  person_id, insurer_number, symbol, number, branch, birth_date, outcome,
                  details_visible, exclude_own, drug_codes, hits, unavailable_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             RETURNING {CHECK_COLUMNS}"
+        ))
         .await?;
     let hits = serde_json::to_value(n.hits).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let i = n.identity;
-    c.execute(
-        &stmt,
-        &[
-            &n.id,
-            &n.actor.facility,
-            &n.actor.staff,
-            &n.actor.role,
-            &n.context,
-            &n.qualification_id,
-            &n.person_id,
-            &i.map(|i| i.insurer_number.as_str()),
-            &i.map(|i| i.symbol.as_str()),
-            &i.map(|i| i.number.as_str()),
-            &i.map(|i| i.branch.as_str()),
-            &n.birth_date,
-            &n.outcome,
-            &n.details_visible,
-            &n.exclude_own,
-            &n.drug_codes,
-            &hits,
-            &n.unavailable_reason,
-        ],
-    )
-    .await?;
-    Ok(())
+    let row = c
+        .query_one(
+            &stmt,
+            &[
+                &n.id,
+                &n.actor.facility,
+                &n.actor.staff,
+                &n.actor.role,
+                &n.context,
+                &n.qualification_id,
+                &n.person_id,
+                &i.map(|i| i.insurer_number.as_str()),
+                &i.map(|i| i.symbol.as_str()),
+                &i.map(|i| i.number.as_str()),
+                &i.map(|i| i.branch.as_str()),
+                &n.birth_date,
+                &n.outcome,
+                &n.details_visible,
+                &n.exclude_own,
+                &n.drug_codes,
+                &hits,
+                &n.unavailable_reason,
+            ],
+        )
+        .await?;
+    from_row(&row)
 }
 
 /// A check as stored, with every cause (the HTTP layer decides what may be shown).
@@ -85,18 +88,23 @@ pub struct StoredCheck {
     pub unavailable_reason: Option<String>,
 }
 
+const CHECK_COLUMNS: &str = "id, at, facility_code, context, qualification_id, outcome,
+    details_visible, drug_codes, hits, unavailable_reason, staff_id, person_id, birth_date,
+    insurer_number, symbol, number, branch";
+
 pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<StoredCheck>, DbError> {
     let stmt = c
-        .prepare_cached(
-            "SELECT id, at, facility_code, context, qualification_id, outcome, details_visible,
-                    drug_codes, hits, unavailable_reason, staff_id, person_id, birth_date,
-                    insurer_number, symbol, number, branch
-               FROM checks WHERE id = $1",
-        )
+        .prepare_cached(&format!("SELECT {CHECK_COLUMNS} FROM checks WHERE id = $1"))
         .await?;
-    let Some(r) = c.query_opt(&stmt, &[&id]).await? else {
-        return Ok(None);
-    };
+    c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+fn from_row(r: &tokio_postgres::Row) -> Result<StoredCheck, DbError> {
+    let id: Uuid = r.get(0);
     let hits: serde_json::Value = r.get(8);
     let identity = match (
         r.get::<_, Option<&str>>(13),
@@ -110,8 +118,8 @@ pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<StoredCheck>
         ),
         _ => None,
     };
-    Ok(Some(StoredCheck {
-        id: r.get(0),
+    Ok(StoredCheck {
+        id,
         at: r.get(1),
         facility_code: r.get(2),
         staff_id: r.get(10),
@@ -126,7 +134,7 @@ pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<StoredCheck>
         hits: serde_json::from_value(hits)
             .map_err(|_| DbError::Corrupt(format!("check {id}: unreadable hits")))?,
         unavailable_reason: r.get(9),
-    }))
+    })
 }
 
 /// A recorded verbal consent (口頭同意).

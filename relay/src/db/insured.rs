@@ -248,9 +248,12 @@ async fn load(c: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<PersonRecord>,
         )
         .await?;
     let ids_vec = ids.to_vec();
-    let coverage_rows = c.query(&coverages, &[&ids_vec]).await?;
+    // Both in one round trip (pipelined on the connection): every check and card path loads a person.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids_vec];
+    let (coverage_rows, person_rows) =
+        tokio::try_join!(c.query(&coverages, &params), c.query(&persons, &params))?;
     let mut out = Vec::new();
-    for row in c.query(&persons, &[&ids_vec]).await? {
+    for row in person_rows {
         let id: Uuid = row.get(0);
         let corrupt = |what: &str| DbError::Corrupt(format!("person {id}: unreadable {what}"));
         let sex: String = row.get(3);

@@ -148,8 +148,15 @@ pub fn pool(settings: &Settings) -> Result<Pool, PoolSetupError> {
     if pg.get_application_name().is_none() {
         pg.application_name("relay");
     }
+    let mut set = Vec::new();
     if db.statement_timeout_ms > 0 {
-        let set = format!("-c statement_timeout={}", db.statement_timeout_ms);
+        set.push(format!("-c statement_timeout={}", db.statement_timeout_ms));
+    }
+    if db.generic_plans {
+        set.push("-c plan_cache_mode=force_generic_plan".to_string());
+    }
+    if !set.is_empty() {
+        let set = set.join(" ");
         let options = match pg.get_options() {
             Some(given) if !given.trim().is_empty() => format!("{given} {set}"),
             _ => set,

@@ -147,7 +147,11 @@ async fn view_of(
     c: &impl GenericClient,
     stored: checks::StoredCheck,
 ) -> Result<CheckView, DbError> {
-    let consents = checks::consents(c, stored.id).await?;
+    // Both reads in one round trip (pipelined on the connection).
+    let (consents, override_) = tokio::try_join!(
+        checks::consents(c, stored.id),
+        checks::override_of(c, stored.id)
+    )?;
     let now = Timestamp::now();
     let revealed: HashSet<&str> = consents
         .iter()
@@ -190,7 +194,7 @@ async fn view_of(
         hits,
         unavailable_reason: stored.unavailable_reason.clone(),
         verbal_consents: consents,
-        override_: checks::override_of(c, stored.id).await?,
+        override_,
         checked_at: stored.at,
     })
 }
@@ -437,7 +441,7 @@ pub async fn run_check(
     exclude_prescription: Option<Uuid>,
 ) -> Result<Ran, DbError> {
     let today = today();
-    if master::drug_count(c).await? == 0 {
+    if !master::drug_master_loaded(c).await? {
         return Ok(Ran {
             hits: Vec::new(),
             unavailable: Some("the drug master is not loaded; check by other means".into()),
@@ -515,11 +519,11 @@ pub async fn record_check(
         run.exclude_prescription,
     )
     .await?;
-    let id = Uuid::now_v7();
+    // The row as stored comes back from the INSERT (RETURNING): no second read.
     checks::insert(
         tx,
         &checks::NewCheck {
-            id,
+            id: Uuid::now_v7(),
             actor: caller.actor(),
             context: run.context.as_str(),
             qualification_id: run.patient.qualification_id,
@@ -534,8 +538,8 @@ pub async fn record_check(
             unavailable_reason: ran.unavailable.as_deref(),
         },
     )
-    .await?;
-    checks::get(tx, id).await?.ok_or_else(ApiError::internal)
+    .await
+    .map_err(ApiError::from)
 }
 
 /// What may let a registration or a dispensing through a check with hits, or one that could not

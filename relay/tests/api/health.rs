@@ -112,3 +112,33 @@ async fn unknown_routes_are_problem_json() {
     let r = app.get("/v1/prescriptions/not-a-uuid", &app.doctor()).await;
     r.assert_problem(404, "PRESCRIPTION_NOT_FOUND");
 }
+
+/// The relay's sessions carry both settings of `database`: the statement timeout and generic plans
+/// (BENCHMARKS.md: re-planning each execution cost a sixth of the database's time per request).
+#[tokio::test]
+async fn the_relays_sessions_time_out_statements_and_plan_them_once() {
+    let show = |pool: relay::db::Pool| async move {
+        let c = pool.get().await.expect("connection");
+        let get = async |what: &str| -> String {
+            c.query_one(&format!("SHOW {what}"), &[])
+                .await
+                .expect("SHOW")
+                .get(0)
+        };
+        (get("plan_cache_mode").await, get("statement_timeout").await)
+    };
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        show(app.pool.clone()).await,
+        ("force_generic_plan".to_string(), "10s".to_string())
+    );
+    let app = TestApp::spawn_with(|s| {
+        s.database.generic_plans = false;
+        s.database.statement_timeout_ms = 0;
+    })
+    .await;
+    assert_eq!(
+        show(app.pool.clone()).await,
+        ("auto".to_string(), "0".to_string())
+    );
+}
