@@ -30,7 +30,7 @@ set -euo pipefail
 # Debian packages the scripts need.  Later features append here (e.g. fonts-ipaexfont,
 # poppler-utils, zbar-tools, chromium).
 RELAY_APT_PACKAGES=(postgresql fontconfig fonts-noto-cjk fonts-ipaexfont poppler-utils zbar-tools
-  chromium chromium-driver)
+  chromium chromium-driver haproxy)
 
 _pg_say() { printf '==> %s\n' "$*" >&2; }
 _pg_die() { printf 'error: %s\n' "$*" >&2; return 1; }

@@ -443,6 +443,22 @@ async fn pharmacy_client_counter_workflow() {
     let qid = q["qualification_id"].as_str().unwrap().to_string();
     let out = one.run(&["outstanding", &qid]);
     assert_eq!(code(&out), 0, "{}", show(&out));
+    // The patient asks who looked at their prescriptions: the list just shown is in it, and this
+    // look too, in Japan time with the facility's name.
+    let out = one.run(&["access-log", &qid]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    assert!(text.contains("閲覧記録"), "{}", show(&out));
+    assert!(
+        text.contains("この閲覧記録を表示しました"),
+        "{}",
+        show(&out)
+    );
+    assert!(text.contains("資格確認をしました"), "{}", show(&out));
+    assert!(text.contains("検証用薬局 (9948000014)"), "{}", show(&out));
+    let out = one.run(&["--json", "access-log", &qid]);
+    let log: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(log["entries"][0]["action"], "access_log_viewed", "{log}");
     let out = one.run(&[
         "eligibility",
         "fallback",

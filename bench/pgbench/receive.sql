@@ -16,6 +16,7 @@
 --     -> db/outages.rs running               SELECT ... FROM outages (scope all)
 --   http/prescriptions.rs own_facility
 --     -> db/facilities.rs get                SELECT ... FROM facilities
+--   db/throttle.rs serialize                 SELECT pg_advisory_xact_lock(pharmacy), …(identity)
 --   db/throttle.rs identity_failures         WITH w AS (... receive_failures by identity hash)
 --   db/throttle.rs pharmacy_failures         WITH w AS (... by pharmacy), pipelined with the above
 --   db/prescriptions.rs receive_by_number    UPDATE prescriptions ... RETURNING (the receive)
@@ -30,7 +31,7 @@
 --        (db/prescriptions.rs dispensings is skipped while uses_dispensed = 0)
 --   db/idempotency.rs store                  UPDATE idempotency_keys (the whole view as JSON)
 --   http/tx.rs idempotent                    COMMIT
--- 13 statements in 10 round trips (pgbench's \startpipeline … \endpipeline as the relay pipelines).
+-- 14 statements in 11 round trips (pgbench's \startpipeline … \endpipeline as the relay pipelines).
 --
 -- When the UPDATE matches no row (a k drawn again: the prescription is already held), the relay
 -- runs db/prescriptions.rs find_by_number and answers from the state it finds. This script takes
@@ -95,6 +96,10 @@ SELECT id, scope, starts_at, ends_at, note, declared_at,
 
 -- db/facilities.rs get (http/prescriptions.rs own_facility)
 SELECT code, kind, name, address, phone, email, fax_email, accepts_e_prescriptions, municipality_code FROM facilities WHERE code = :pharmacy;
+
+-- db/throttle.rs serialize (lookups for one pharmacy or identity run in turn)
+SELECT pg_advisory_xact_lock(hashtextextended('receive_failures/pharmacy/' || :pharmacy, 0)),
+       pg_advisory_xact_lock(hashtextextended('receive_failures/identity/' || encode(:identity_hash, 'hex'), 0));
 
 \startpipeline
 -- db/throttle.rs identity_failures

@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 Command::Outstanding { qualification_id } => {
                     done(ctx.outstanding(&qualification_id))
                 }
+                Command::AccessLog { qualification_id } => done(ctx.access_log(&qualification_id)),
                 Command::Check { file } => done(ctx.check(&file)),
                 Command::Fallback(f) => ctx.fallback(f),
                 Command::Incoming { action, status } => done(ctx.incoming(action, status)),
@@ -737,6 +738,50 @@ impl Ctx {
         println!(
             "\n受付: pharmacy-client receive --prescription-id <処方箋ID> --qualification {qid}"
         );
+        Ok(())
+    }
+
+    fn access_log(&self, qid: &str) -> Result<(), Failure> {
+        let v = self
+            .api
+            .get(&format!("/v1/qualifications/{qid}/access-log"))?;
+        if self.json {
+            print_json(&v);
+            return Ok(());
+        }
+        let entries = v
+            .get("entries")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        println!("あなたの処方箋・お薬の情報の閲覧記録（新しい順、日本時間）");
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                let at = s(e, "/at")
+                    .parse::<jiff::Timestamp>()
+                    .map(output::jst_minutes)
+                    .unwrap_or_else(|_| s(e, "/at"));
+                vec![
+                    at,
+                    output::facility(e, "/facility"),
+                    output::role_label(&s(e, "/role")).to_string(),
+                    s(e, "/description"),
+                    s(e, "/issued_on"),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["日時", "施設", "職種", "内容", "処方箋の交付日"], &rows)
+        );
+        if v.get("truncated") == Some(&Value::Bool(true)) {
+            println!("（新しい 500 件を表示しています）");
+        }
+        let note = s(&v, "/note");
+        if !note.is_empty() {
+            println!("\n{note}");
+        }
         Ok(())
     }
 

@@ -133,6 +133,16 @@ pub enum Command {
         /// 資格確認ID (qualification_id)
         qualification_id: String,
     },
+    /// 患者さんの閲覧記録: 誰がいつ処方箋を見たか (the patient's access log, shown or printed at
+    /// the counter; needs a マイナ保険証 qualification of this pharmacy)
+    #[command(
+        name = "access-log",
+        after_help = "例:\n  pharmacy-client access-log 0190a6d2-…\n  資格確認はマイナ保険証（eligibility card）で行ってください。申立書などでは表示できません。"
+    )]
+    AccessLog {
+        /// 資格確認ID (qualification_id)
+        qualification_id: String,
+    },
     /// 調剤時の重複投薬・併用禁忌チェック (dispensing-time check; body from a file)
     #[command(after_help = "例:\n  pharmacy-client check --file check.json\n\
                             check.json は POST /v1/checks の本文です (context は省略時 \"dispensing\")。")]

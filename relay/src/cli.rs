@@ -171,7 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = db::pool(&settings)?;
-            let applied = db::migrate(&pool)
+            let applied = db::migrate_and_grant(&pool, &settings)
                 .await
                 .with_context(|| format!("cannot migrate {}", settings.database_url.redacted()))?;
             if applied.is_empty() {

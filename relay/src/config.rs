@@ -226,6 +226,10 @@ pub struct DatabaseSettings {
     /// is a key lookup prepared once per connection, and planning it again on each execution (what
     /// `auto` kept doing) cost about a sixth of the database's time per request (BENCHMARKS.md).
     pub generic_plans: bool,
+    /// The unprivileged role `relay serve` connects as in production (db/grants.rs): `relay
+    /// migrate`, run as the owner, grants it what serving needs after every migration. Unset:
+    /// no grants (one role for everything, as in the demo and tests).
+    pub serving_role: Option<String>,
 }
 
 impl Default for DatabaseSettings {
@@ -237,6 +241,7 @@ impl Default for DatabaseSettings {
             statement_timeout_ms: 10_000,
             response_timeout_ms: 3_000,
             generic_plans: true,
+            serving_role: None,
         }
     }
 }

@@ -70,12 +70,14 @@ impl Application {
         .context("no font for the PDF documents")?;
         let pool = db::pool(&settings)?;
         if settings.database.migrate_on_start {
-            let applied = db::migrate(&pool).await.with_context(|| {
-                format!(
-                    "cannot migrate the database at {}",
-                    settings.database_url.redacted()
-                )
-            })?;
+            let applied = db::migrate_and_grant(&pool, &settings)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot migrate the database at {}",
+                        settings.database_url.redacted()
+                    )
+                })?;
             for m in applied {
                 tracing::info!(migration = %m, "applied");
             }

@@ -139,6 +139,8 @@ fn from_row(r: &tokio_postgres::Row) -> Result<StoredCheck, DbError> {
 
 /// A recorded verbal consent (口頭同意).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Named apart from the card reader's `Consent` (domain::eligibility), which has the same Rust name.
+#[schema(as = VerbalConsent)]
 pub struct Consent {
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,

@@ -2,12 +2,14 @@
 //! itself lives in `sql/`). Functions take a [`GenericClient`] so the caller decides the
 //! transaction; statements are prepared once per connection (`prepare_cached`).
 
+pub mod access_log;
 pub mod checks;
 pub mod connection;
 pub mod disasters;
 pub mod events;
 pub mod facilities;
 pub mod fallbacks;
+pub mod grants;
 pub mod idempotency;
 pub mod insured;
 pub mod master;
@@ -75,11 +77,37 @@ pub fn identity_in(first_param: usize) -> String {
 pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    #[error("database statement failed: {0}")]
+    #[error("database statement failed: {}", redacted(.0))]
     Statement(tokio_postgres::Error),
     /// A stored value no longer parses: a bug or a manual edit, never the client's fault.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+}
+
+/// A statement error as it may be logged: severity, SQLSTATE, message and the schema objects
+/// involved. Never the server's DETAIL (`Key (…)=(…)`, `Failing row contains (…)` quote the
+/// values: names, insurance numbers, birth dates) nor the message of a data exception (class 22,
+/// `invalid input syntax for type date: "…"` quotes the value).
+pub fn redacted(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return e.to_string();
+    };
+    let code = db.code().code();
+    let mut s = format!("{} {code}", db.severity());
+    if !code.starts_with("22") {
+        s.push_str(": ");
+        s.push_str(db.message());
+    }
+    for (name, value) in [
+        ("table", db.table()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+    ] {
+        if let Some(v) = value {
+            s.push_str(&format!(" {name}={v}"));
+        }
+    }
+    s
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -224,6 +252,17 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|m| m.to_string())
         .collect())
+}
+
+/// [`migrate`], then the serving role's grants when `database.serving_role` is set.
+pub async fn migrate_and_grant(pool: &Pool, settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let applied = migrate(pool).await?;
+    if let Some(role) = &settings.database.serving_role {
+        let client = pool.get().await?;
+        grants::grant_serving_role(&client, role).await?;
+        tracing::info!(role = %role, "serving role granted");
+    }
+    Ok(applied)
 }
 
 /// For `/readyz`: a round trip to the database, within the pool's wait timeout all told.

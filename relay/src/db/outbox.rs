@@ -187,6 +187,8 @@ pub async fn mark_failed(
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+// Named apart from the prescription `Status`: one OpenAPI name would document both with one enum.
+#[schema(as = OutboxStatus)]
 pub enum Status {
     /// Waiting for its (next) delivery attempt.
     Pending,

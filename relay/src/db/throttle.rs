@@ -36,6 +36,25 @@ async fn recent(
     })
 }
 
+/// Takes the transaction's locks on the pharmacy's and the identity's counters, so lookups by
+/// 引換番号 for either run one after another: each counts the failures its predecessors
+/// committed, and a burst of guesses sent at once gets no more than the limit. Always the
+/// pharmacy first, then the identity: nobody holds an identity lock while waiting for a pharmacy's.
+pub async fn serialize(
+    c: &impl GenericClient,
+    pharmacy_code: &str,
+    identity_hash: &[u8],
+) -> Result<(), DbError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended('receive_failures/pharmacy/' || $1, 0)),
+                    pg_advisory_xact_lock(hashtextextended('receive_failures/identity/' || encode($2, 'hex'), 0))",
+        )
+        .await?;
+    c.execute(&stmt, &[&pharmacy_code, &identity_hash]).await?;
+    Ok(())
+}
+
 /// Failures for one insurance identity (by its hash), from any pharmacy.
 pub async fn identity_failures(
     c: &impl GenericClient,

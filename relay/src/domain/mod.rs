@@ -1,6 +1,7 @@
 //! The e-prescription domain: identifiers that parse once, the prescription and its lifecycle,
 //! dispensing, and the drug master. Nothing here knows HTTP or SQL (see ARCHITECTURE.md).
 
+pub mod access;
 pub mod check_digit;
 pub mod checks;
 pub mod dispensing;

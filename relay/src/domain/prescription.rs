@@ -120,8 +120,9 @@ fn is_yj_prefix(p: &str) -> bool {
 }
 
 fn is_yj_shape(code: &str) -> bool {
+    // `get`, not `[..9]`: 12 bytes of non-ASCII text need not have a char boundary at byte 9.
     code.len() == 12
-        && is_yj_prefix(&code[..9])
+        && code.get(..9).is_some_and(is_yj_prefix)
         && code.as_bytes()[9..]
             .iter()
             .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())

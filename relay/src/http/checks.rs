@@ -128,17 +128,24 @@ pub struct CheckView {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerbalConsentRequest {
-    /// The hits the patient agreed to reveal; all hits when absent.
+    /// The hits the patient agreed to reveal (hits of this check); all hits when absent.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub hit_ids: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideRequest {
-    /// 投与理由: travels with the prescription to the pharmacy.
+    /// 投与理由: travels with the prescription to the pharmacy. Not blank; at most 500 characters.
+    // Not blank as str::trim sees it: a character outside Unicode White_Space.
+    #[schema(
+        max_length = 500,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub reason: String,
 }
 

@@ -8,8 +8,9 @@ use super::error::{ApiError, Problem};
 use super::extract::Caller;
 use super::prescriptions::visible_to;
 use super::state::AppState;
-use crate::db::{DbError, GenericClient, facilities};
+use crate::db::{DbError, GenericClient, access_log, facilities};
 use crate::documents::{QrMatrix, pdf, qr};
+use crate::domain::access::ReadAction;
 use crate::domain::document::DocumentInput;
 use crate::domain::facility::Facility;
 use crate::domain::lifecycle::IssueType;
@@ -21,8 +22,17 @@ async fn load(
     c: &impl GenericClient,
     caller: &Caller,
     raw_id: &str,
+    document: &str,
 ) -> Result<(Facility, Prescription, String), ApiError> {
     let record = visible_to(c, caller, raw_id).await?;
+    access_log::record_reads(
+        c,
+        &[record.id],
+        caller.actor(),
+        ReadAction::Document,
+        &serde_json::json!({ "document": document }),
+    )
+    .await?;
     let code = crate::domain::identifiers::FacilityCode::parse(&record.issuer_code)
         .map_err(|_| ApiError::internal())?;
     let institution = facilities::get(c, &code)
@@ -105,7 +115,7 @@ pub async fn sj1_csv(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let (institution, prescription, number) = load(&client, &caller, &id).await?;
+    let (institution, prescription, number) = load(&client, &caller, &id, "sj1").await?;
     let text = sj1::render(&DocumentInput {
         institution: &institution,
         prescription: &prescription,
@@ -134,7 +144,7 @@ pub async fn copy_pdf(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let (institution, prescription, number) = load(&client, &caller, &id).await?;
+    let (institution, prescription, number) = load(&client, &caller, &id, "copy.pdf").await?;
     drop(client);
     let fonts = state.fonts.clone();
     let rendered = web::block(move || {
@@ -211,7 +221,7 @@ pub async fn paper_pdf(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DbError::from)?;
-    let (institution, prescription, number) = load(&client, &caller, &id).await?;
+    let (institution, prescription, number) = load(&client, &caller, &id, "paper.pdf").await?;
     drop(client);
     let fonts = state.fonts.clone();
     let (rendered, replaced) = web::block(move || {

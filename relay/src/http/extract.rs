@@ -316,3 +316,84 @@ pub fn fingerprint(req: &HttpRequest, canonical_body: &[u8]) -> Vec<u8> {
     h.update(canonical_body);
     h.finalize().to_vec()
 }
+
+/// A query string parsed into `T`, like `web::Query`, but a bad one is 422 naming the parameter:
+/// `web::Query`'s error says only what failed ("UUID parsing failed: invalid length"), not where.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T> Query<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Query<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let qs = req.query_string();
+        std::future::ready(
+            web::Query::<T>::from_query(qs)
+                .map(|q| Query(q.into_inner()))
+                .map_err(|e| query_error::<T>(qs, &e.to_string())),
+        )
+    }
+}
+
+/// The parameter a query error is about: named by serde (unknown, missing or duplicate), else the
+/// one whose removal changes the outcome (each parameter is tried alone; only on an error).
+fn query_error<T: DeserializeOwned>(qs: &str, error: &str) -> ApiError {
+    let detail = error
+        .strip_prefix("Query deserialize error: ")
+        .unwrap_or(error)
+        .to_string();
+    let named = |prefix: &str| {
+        detail
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').nth(1))
+            .map(str::to_string)
+    };
+    let (field, code) = if let Some(f) = named("unknown field") {
+        (Some(f), "UNKNOWN_FIELD")
+    } else if let Some(f) = named("missing field") {
+        (Some(f), "REQUIRED")
+    } else if let Some(f) = named("duplicate field") {
+        (Some(f), "DUPLICATE")
+    } else {
+        let segments: Vec<&str> = qs.split('&').filter(|s| !s.is_empty()).collect();
+        let key = |segment: &str| {
+            web::Query::<Vec<(String, String)>>::from_query(segment)
+                .ok()
+                .and_then(|pairs| pairs.into_inner().into_iter().next())
+                .map(|(k, _)| k)
+        };
+        let culprit = segments.iter().filter_map(|s| key(s)).find(|k| {
+            let rest: Vec<&str> = segments
+                .iter()
+                .copied()
+                .filter(|s| key(s).as_deref() != Some(k.as_str()))
+                .collect();
+            match web::Query::<T>::from_query(&rest.join("&")) {
+                Ok(_) => true,
+                Err(e) => e.to_string() != error,
+            }
+        });
+        (culprit, "INVALID_VALUE")
+    };
+    let field = field.unwrap_or_else(|| "query".to_string());
+    let message = format!("{field}: {detail}");
+    ApiError::validation(vec![FieldError {
+        field,
+        code,
+        message,
+    }])
+}

@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, IdempotencyKey, JsonBytes};
-use super::prescriptions::{InsuredKey, identity_of, own_facility};
+use super::prescriptions::{
+    InsuredKey, failed_lookup, identity_of, own_facility, refuse_if_throttled,
+};
 use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
@@ -51,7 +53,12 @@ pub struct FallbackRequest {
     /// …or the prescription id when the pharmacy holds it.
     #[serde(default)]
     pub prescription_id: Option<Uuid>,
-    /// Why the e-prescription cannot be used (e.g. 「薬局システム障害」).
+    /// Why the e-prescription cannot be used (e.g. 「薬局システム障害」); at most 500 characters.
+    // Not blank as str::trim sees it: a character outside Unicode White_Space.
+    #[schema(
+        max_length = 500,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub reason: String,
     pub preferred: FallbackMode,
     #[serde(default)]
@@ -86,6 +93,7 @@ pub struct ResolveRequest {
 #[serde(deny_unknown_fields)]
 pub struct WithdrawRequest {
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -101,8 +109,9 @@ pub struct DispensedRequest {
 pub struct MailedRequest {
     #[schema(value_type = String, format = Date)]
     pub mailed_on: Date,
-    /// 追跡番号 of the post, if any.
+    /// 追跡番号 of the post, if any (at most 100 characters).
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub tracking: Option<String>,
 }
 
@@ -174,14 +183,17 @@ pub struct FallbackList {
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// Only cases in this status.
+    #[param(value_type = Option<FallbackStatus>)]
     pub status: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 pub struct PeriodQuery {
-    /// First day (Japan), default 30 days ago.
+    /// First day (Japan), default 30 days ago; not after `to`.
+    #[param(format = Date)]
     pub from: Option<String>,
     /// Last day (Japan), default today.
+    #[param(format = Date)]
     pub to: Option<String>,
     /// Cover letter only: the pharmacy it is addressed to.
     pub pharmacy: Option<String>,
@@ -227,7 +239,7 @@ fn not_found() -> ApiError {
     )
 }
 
-fn text(
+pub fn text(
     field: &str,
     raw: Option<&str>,
     required: bool,
@@ -254,7 +266,7 @@ fn text(
 
 /// `offline`, checked: a local id of 1–64 characters, times not in the future (five minutes of
 /// clock skew allowed), the mail not before the request.
-fn offline_request(o: &OfflineRequestBody, e: &mut FieldErrors) -> Option<OfflineRequest> {
+pub fn offline_request(o: &OfflineRequestBody, e: &mut FieldErrors) -> Option<OfflineRequest> {
     let before = e.len();
     let local_id = o.local_id.trim();
     if local_id.is_empty() || local_id.chars().count() > 64 {
@@ -486,9 +498,10 @@ const MAIL_FOOTER: &str =
     responses(
         (status = 201, body = FallbackView, description = "requested; the clinic is mailed"),
         (status = 403, body = Problem, description = "wrong role, or not a registered pharmacy"),
-        (status = 404, body = Problem, description = "PRESCRIPTION_NOT_FOUND"),
+        (status = 404, body = Problem, description = "PRESCRIPTION_NOT_FOUND (by number: counted towards the receive throttle)"),
         (status = 409, body = Problem, description = "FALLBACK_EXISTS (member fallback_id), ALREADY_DISPENSED, HELD_BY_ANOTHER_PHARMACY, PRESCRIPTION_CLOSED"),
         (status = 422, body = Problem, description = "VALIDATION_FAILED"),
+        (status = 429, body = Problem, description = "TOO_MANY_ATTEMPTS: too many wrong 引換番号 (receives and requests by number together); retry after Retry-After seconds"),
     ),
     security(("bearer" = []))
 )]
@@ -526,6 +539,11 @@ pub async fn request(
     let (Some(reason), true) = (reason, e.is_empty()) else {
         return Err(ApiError::validation(e.into_vec()));
     };
+    // A lookup by number and identity is throttled like the receive's: the same limits, the same
+    // failure count.
+    let identity_hash = by_number
+        .as_ref()
+        .map(|(_, identity)| identity.throttle_key());
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
         let pharmacy = own_facility(tx, &caller, FacilityKind::Pharmacy).await?;
         let missing = || {
@@ -536,9 +554,15 @@ pub async fn request(
         };
         let p: Record = match (&by_number, r.prescription_id) {
             (Some((number, identity)), _) => {
-                prescriptions::find_by_number(tx, number, identity, None)
-                    .await?
-                    .ok_or_else(missing)?
+                let hash = identity_hash.as_deref().unwrap_or_default();
+                refuse_if_throttled(tx, &state.settings.throttle, hash, caller.facility.as_str())
+                    .await?;
+                match prescriptions::find_by_number(tx, number, identity, None).await? {
+                    Some(found) => found,
+                    None => {
+                        return failed_lookup(tx, caller.facility.as_str(), hash, missing()).await;
+                    }
+                }
             }
             (None, Some(id)) => prescriptions::get(tx, id)
                 .await?
@@ -673,7 +697,7 @@ pub async fn request(
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<ListQuery>,
+    query: super::extract::Query<ListQuery>,
 ) -> Result<web::Json<FallbackList>, ApiError> {
     caller.require(&[
         Role::Doctor,
@@ -711,6 +735,7 @@ pub async fn list(
     get, path = "/v1/fallbacks/{id}", tag = "fallbacks",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = FallbackView, description = "OK"),
+              (status = 403, body = Problem, description = "wrong role (clinic and pharmacy staff only)"),
               (status = 404, body = Problem, description = "FALLBACK_NOT_FOUND (also another facility's)")),
     security(("bearer" = []))
 )]
@@ -720,6 +745,13 @@ pub async fn get_one(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<web::Json<FallbackView>, ApiError> {
+    // A wrong role is told so, as by the list, rather than that the case does not exist.
+    caller.require(&[
+        Role::Doctor,
+        Role::ClinicClerk,
+        Role::Pharmacist,
+        Role::PharmacyClerk,
+    ])?;
     let client = state.pool.get().await.map_err(DbError::from)?;
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let f = cases::get(&client, id).await?.ok_or_else(not_found)?;
@@ -1204,7 +1236,7 @@ async fn owed(
 pub async fn originals(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<PeriodQuery>,
+    query: super::extract::Query<PeriodQuery>,
 ) -> Result<web::Json<OwedOriginals>, ApiError> {
     caller.require(CLINIC_STAFF)?;
     let (from, to) = period(&query)?;
@@ -1219,7 +1251,13 @@ pub async fn originals(
 /// One cover letter (送付状) for the originals owed to one pharmacy: the prescriptions, patients
 /// and FAX dates, to put in the envelope.
 #[utoipa::path(
-    get, path = "/v1/fallbacks/originals/cover-letter.pdf", tag = "fallbacks", params(PeriodQuery),
+    get, path = "/v1/fallbacks/originals/cover-letter.pdf", tag = "fallbacks",
+    // PeriodQuery's fields, with the pharmacy required here.
+    params(
+        ("from" = Option<String>, Query, format = Date, description = "First day (Japan), default 30 days ago; not after `to`."),
+        ("to" = Option<String>, Query, format = Date, description = "Last day (Japan), default today."),
+        ("pharmacy" = String, Query, description = "薬局コード (10 digits) of the pharmacy the letter is addressed to."),
+    ),
     responses((status = 200, description = "PDF", content_type = "application/pdf", body = Vec<u8>),
               (status = 404, body = Problem, description = "NOTHING_OWED to that pharmacy in the period"),
               (status = 422, body = Problem, description = "pharmacy missing or malformed; bad period")),
@@ -1229,7 +1267,7 @@ pub async fn originals(
 pub async fn cover_letter(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<PeriodQuery>,
+    query: super::extract::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(CLINIC_STAFF)?;
     let (from, to) = period(&query)?;
@@ -1354,6 +1392,7 @@ pub async fn replaced_prescription_dispensed(
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 pub struct HeldQuery {
     /// Held longer than this many hours; default `[fallbacks] held_reminder_hours`.
+    #[param(minimum = 0, maximum = 8760)]
     pub older_than_hours: Option<i64>,
 }
 
@@ -1394,7 +1433,7 @@ pub struct HeldList {
 pub async fn held(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<HeldQuery>,
+    query: super::extract::Query<HeldQuery>,
 ) -> Result<web::Json<HeldList>, ApiError> {
     caller.require(&[Role::Pharmacist, Role::PharmacyClerk, Role::Admin])?;
     let hours = query

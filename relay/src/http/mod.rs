@@ -1,5 +1,6 @@
 //! The HTTP boundary: routes, extractors and JSON shapes. The only module that knows status codes.
 
+pub mod access_log;
 pub mod admin;
 pub mod checks;
 pub mod consultation;
@@ -17,8 +18,9 @@ pub mod presends;
 pub mod qualifications;
 pub mod state;
 pub mod tx;
+pub mod unmatched;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -38,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(|err, _| {
         ApiError::not_found("NOT_FOUND", format!("no such resource: {err}")).into()
     }))
+    .configure(unmatched::shadowed_literals)
     .service(health::healthz)
     .service(health::readyz)
     .service(health::jwks)
@@ -61,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(qualifications::fallback)
     .service(qualifications::get_one)
     .service(qualifications::outstanding)
+    .service(access_log::for_patient)
     .service(prescriptions::receive)
     .service(prescriptions::register)
     .service(prescriptions::search)
@@ -98,14 +102,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .finish()
         }),
     )
-    .default_service(web::to(not_found));
-}
-
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError;
-    ApiError::not_found(
-        "NOT_FOUND",
-        format!("no route for {} {}; see /docs", req.method(), req.path()),
-    )
-    .error_response()
+    .default_service(web::to(unmatched::answer));
 }

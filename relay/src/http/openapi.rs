@@ -4,20 +4,23 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, checks, directory, documents, fallbacks, health, outages, outbox, prescriptions,
-    presends, qualifications,
+    access_log, admin, checks, directory, documents, fallbacks, health, outages, outbox,
+    prescriptions, presends, qualifications,
 };
 
 const DESCRIPTION: &str = r#"E-prescription relay: clinics register prescriptions and get an 引換番号; pharmacies receive them
 exclusively by 引換番号 plus the insurance identity.
 
 Every error is `application/problem+json` with `status`, `title`, `detail` and a stable `code`;
-validation errors list every bad field in `errors[]` (`field`, `code`, `message`).
+validation errors list every bad field in `errors[]` (`field`, `code`, `message`). No string
+field accepts U+0000 (`FORMAT`).
 
 Every state-changing POST accepts an `Idempotency-Key` header. The same key with the same request
 returns the stored status and body (header `Idempotent-Replayed: true`); the same key with a
 different request is `422 IDEMPOTENCY_KEY_REUSED`. Only completed requests are stored: after an
-error the key may be used again.
+error the key may be used again — except for refusals that are records themselves: a refused
+資格確認 (422) and a lookup by 引換番号 that matched nothing (404, counted by the guessing throttle)
+are committed and replay under their key.
 
 | status | codes | may the client retry? |
 |---|---|---|
@@ -25,6 +28,7 @@ error the key may be used again.
 | 401 | UNAUTHENTICATED | only with a new, valid token |
 | 403 | FORBIDDEN | no: wrong role or facility |
 | 404 | PRESCRIPTION_NOT_FOUND, QUALIFICATION_NOT_FOUND, DISASTER_NOT_FOUND, NOT_FOUND | no: check the 引換番号 and identity with the patient (failed receives count towards the throttle) |
+| 405 | METHOD_NOT_ALLOWED | no: use a method the `Allow` header lists |
 | 409 | HELD_BY_ANOTHER_PHARMACY, ALREADY_DISPENSED, NOT_HELD, REFILL_NOT_DUE, FACILITY_EXISTS, COVERAGE_EXISTS, CARD_IN_USE, PERSON_MISMATCH | not as is: the prescription's state must change first (e.g. the holder releases it) |
 | 409 | PRESCRIPTION_BUSY, REGISTRY_BUSY | yes, at once: it changed while being processed |
 | 410 | PRESCRIPTION_CANCELLED, PRESCRIPTION_EXPIRED | never |
@@ -70,6 +74,7 @@ error the key may be used again.
         qualifications::fallback,
         qualifications::get_one,
         qualifications::outstanding,
+        access_log::for_patient,
         prescriptions::register,
         prescriptions::search,
         prescriptions::get_one,
@@ -98,7 +103,7 @@ error the key may be used again.
         fallbacks::cover_letter,
         fallbacks::held,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     tags(
         (name = "prescriptions", description = "clinic side"),
         (name = "dispensing", description = "pharmacy side"),
@@ -122,6 +127,117 @@ impl Modify for BearerAuth {
             let mut http = Http::new(HttpAuthScheme::Bearer);
             http.bearer_format = Some("JWT".into());
             components.add_security_scheme("bearer", SecurityScheme::Http(http));
+        }
+    }
+}
+
+/// What is true of every operation of a kind, documented once instead of in each annotation (and
+/// so also for operations added later): errors are `application/problem+json`; a bearer operation
+/// may answer 401 and 503; a JSON body may be refused with 400, 413, 415 or 422; an `{id}` that is
+/// no UUID is 404; a query or `Idempotency-Key` that breaks its rule is 422.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+
+        let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let params: Vec<&utoipa::openapi::path::Parameter> = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| match p {
+                        RefOr::T(p) => Some(p),
+                        RefOr::Ref(_) => None,
+                    })
+                    .collect();
+                let has_query = params
+                    .iter()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let has_key = params.iter().any(|p| p.name == "Idempotency-Key");
+                let mut add: Vec<(&str, &str)> = Vec::new();
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add.push((
+                        "401",
+                        "UNAUTHENTICATED: no, expired or invalid bearer token",
+                    ));
+                    add.push((
+                        "503",
+                        "DATABASE_UNAVAILABLE: retry after Retry-After with the same Idempotency-Key",
+                    ));
+                }
+                if op.request_body.is_some() {
+                    add.push(("400", "MALFORMED_JSON: the body is not JSON"));
+                    add.push(("413", "BODY_NOT_READABLE"));
+                    add.push(("415", "UNSUPPORTED_MEDIA_TYPE"));
+                }
+                if op.request_body.is_some() || has_query || has_key {
+                    add.push((
+                        "422",
+                        "VALIDATION_FAILED: `errors[]` names each field and its rule",
+                    ));
+                }
+                if path.contains('{') {
+                    add.push((
+                        "404",
+                        "NOT_FOUND: no such resource (also an id that is no UUID)",
+                    ));
+                }
+                for (status, description) in add {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content("application/problem+json", problem())
+                                .build()
+                                .into()
+                        });
+                }
+                // Every error is rendered by ApiError as problem+json.
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if !status.starts_with('4') && !status.starts_with('5') {
+                        continue;
+                    }
+                    let content = response
+                        .content
+                        .shift_remove("application/json")
+                        .unwrap_or_else(|| RefOr::T(problem()));
+                    response
+                        .content
+                        .insert("application/problem+json".to_string(), content);
+                }
+                // The extractor's rule (extract.rs), so generated and hand-written clients send a
+                // key the relay accepts.
+                for p in op.parameters.iter_mut().flatten() {
+                    if let RefOr::T(p) = p
+                        && p.name == "Idempotency-Key"
+                    {
+                        p.schema = Some(
+                            utoipa::openapi::ObjectBuilder::new()
+                                .schema_type(utoipa::openapi::schema::Type::String)
+                                .min_length(Some(1))
+                                .max_length(Some(255))
+                                .pattern(Some("^[!-~]+$"))
+                                .into(),
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -142,7 +142,7 @@ pub struct OutageDraft {
 }
 
 impl OutageDraft {
-    fn validate(&self) -> Result<NewOutage, Vec<FieldError>> {
+    pub fn validate(&self) -> Result<NewOutage, Vec<FieldError>> {
         let mut e = FieldErrors::new();
         if self.ends_at.is_some_and(|end| end <= self.starts_at) {
             e.add(
@@ -229,7 +229,7 @@ pub struct OutageList {
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<ListQuery>,
+    query: super::extract::Query<ListQuery>,
 ) -> Result<web::Json<OutageList>, ApiError> {
     caller.require(&[Role::Admin])?;
     let client = state.pool.get().await.map_err(DbError::from)?;

@@ -42,7 +42,7 @@ pub struct OutboxList {
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<OutboxQuery>,
+    query: super::extract::Query<OutboxQuery>,
 ) -> Result<web::Json<OutboxList>, ApiError> {
     caller.require(&[Role::Admin])?;
     let client = state.pool.get().await.map_err(DbError::from)?;

@@ -18,10 +18,11 @@ use super::tx::{Reply, idempotent};
 use crate::auth::Role;
 use crate::db::prescriptions::{CheckLink, DispensingRecord, Record, Search};
 use crate::db::{
-    self, DbError, GenericClient, events, facilities, master, prescriptions, qualifications,
-    throttle,
+    self, DbError, GenericClient, access_log, events, facilities, master, prescriptions,
+    qualifications, throttle,
 };
 use crate::domain::FieldError;
+use crate::domain::access::ReadAction;
 use crate::domain::checks::HitKind;
 use crate::domain::dispensing::{DispenseContext, DispenseDraft};
 use crate::domain::eligibility::{Claim, ClaimBasis, DisasterRef, Method};
@@ -255,6 +256,12 @@ pub struct EventList {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
+    /// Not blank; at most 500 characters.
+    // Not blank as str::trim sees it: a character outside Unicode White_Space.
+    #[schema(
+        max_length = 500,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -510,7 +517,7 @@ pub async fn visible_to(
     Ok(record)
 }
 
-fn reason(body: &ReasonBody) -> Result<String, ApiError> {
+pub fn reason(body: &ReasonBody) -> Result<String, ApiError> {
     let r = body.reason.trim();
     if r.is_empty() || r.chars().count() > 500 {
         return Err(ApiError::field(
@@ -632,7 +639,7 @@ pub async fn register(
     req: HttpRequest,
     caller: Caller,
     key: IdempotencyKey,
-    query: web::Query<RegisterQuery>,
+    query: super::extract::Query<RegisterQuery>,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Doctor])?;
@@ -782,6 +789,14 @@ pub async fn get_one(
 ) -> Result<web::Json<PrescriptionView>, ApiError> {
     let client = state.pool.get().await.map_err(DbError::from)?;
     let record = visible_to(&client, &caller, &id).await?;
+    access_log::record_reads(
+        &client,
+        &[record.id],
+        caller.actor(),
+        ReadAction::Viewed,
+        &serde_json::json!({}),
+    )
+    .await?;
     Ok(web::Json(
         view(&client, record, caller.facility.as_str()).await?,
     ))
@@ -799,7 +814,7 @@ pub async fn get_one(
 pub async fn search(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<SearchQuery>,
+    query: super::extract::Query<SearchQuery>,
 ) -> Result<web::Json<PrescriptionList>, ApiError> {
     caller.require(CLINIC_READERS)?;
     let q = query.into_inner();
@@ -847,6 +862,15 @@ pub async fn search(
             issued_to,
             limit: 500,
         },
+    )
+    .await?;
+    let found: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    access_log::record_reads(
+        &client,
+        &found,
+        caller.actor(),
+        ReadAction::Searched,
+        &serde_json::json!({}),
     )
     .await?;
     let today = today();
@@ -1008,28 +1032,7 @@ pub async fn receive(
     idempotent(&state, &req, &caller, &key, &body.canonical, async |tx| {
         ensure_running(tx, Suspended::Receiving).await?;
         own_facility(tx, &caller, FacilityKind::Pharmacy).await?;
-        // Both counts in one round trip (pipelined on the transaction's connection).
-        let (by_identity, by_pharmacy) = tokio::try_join!(
-            throttle::identity_failures(tx, &identity_hash, limits.window_seconds, limits.identity_limit),
-            throttle::pharmacy_failures(tx, &pharmacy, limits.window_seconds, limits.pharmacy_limit),
-        )?;
-        for (recent, limit, whom) in [
-            (by_identity, limits.identity_limit, "for this insurance identity"),
-            (by_pharmacy, limits.pharmacy_limit, "from this pharmacy"),
-        ] {
-            if recent.count >= limit {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "TOO_MANY_ATTEMPTS",
-                    format!(
-                        "too many wrong 引換番号 {whom}: {} in the last {} minutes. Check the 控え with the patient, or ask the issuing clinic to look the number up",
-                        recent.count,
-                        limits.window_seconds / 60
-                    ),
-                )
-                .retry_after(recent.seconds_until_oldest_expires.max(1) as u64));
-            }
-        }
+        refuse_if_throttled(tx, &limits, &identity_hash, &pharmacy).await?;
         let qualification = match request.qualification_id {
             Some(id) => {
                 let q = super::qualifications::usable(tx, &caller, id, false).await?;
@@ -1059,13 +1062,16 @@ pub async fn receive(
             let Some(r) =
                 prescriptions::find_by_number(tx, &number, &identity, request.birth_date).await?
             else {
-                // Recorded outside this transaction, which rolls back with the error.
-                let client = state.pool.get().await.map_err(DbError::from)?;
-                throttle::record_failure(&client, &pharmacy, &identity_hash).await?;
-                return Err(ApiError::not_found(
-                    "PRESCRIPTION_NOT_FOUND",
-                    "no prescription matches this 引換番号 and insurance identity; check both with the patient's 控え",
-                ));
+                return failed_lookup(
+                    tx,
+                    &pharmacy,
+                    &identity_hash,
+                    ApiError::not_found(
+                        "PRESCRIPTION_NOT_FOUND",
+                        "no prescription matches this 引換番号 and insurance identity; check both with the patient's 控え",
+                    ),
+                )
+                .await;
             };
             if let Some(reply) = why_not_received(tx, &state, &pharmacy, r, today, attempt).await? {
                 return Ok(reply);
@@ -1081,6 +1087,63 @@ fn busy() -> ApiError {
         "PRESCRIPTION_BUSY",
         "the prescription changed while it was being received; send the request again",
     )
+}
+
+/// 429 once the failed lookups by 引換番号 in the window reach the limit for the insurance
+/// identity or for the pharmacy. Every lookup by number and identity checks this first (the
+/// receive, the fallback request), or one of them would be a way round the other's limit.
+pub(super) async fn refuse_if_throttled(
+    tx: &impl GenericClient,
+    limits: &crate::config::ThrottleSettings,
+    identity_hash: &[u8],
+    pharmacy: &str,
+) -> Result<(), ApiError> {
+    throttle::serialize(tx, pharmacy, identity_hash).await?;
+    // Both counts in one round trip (pipelined on the transaction's connection).
+    let (by_identity, by_pharmacy) = tokio::try_join!(
+        throttle::identity_failures(
+            tx,
+            identity_hash,
+            limits.window_seconds,
+            limits.identity_limit
+        ),
+        throttle::pharmacy_failures(tx, pharmacy, limits.window_seconds, limits.pharmacy_limit),
+    )?;
+    for (recent, limit, whom) in [
+        (
+            by_identity,
+            limits.identity_limit,
+            "for this insurance identity",
+        ),
+        (by_pharmacy, limits.pharmacy_limit, "from this pharmacy"),
+    ] {
+        if recent.count >= limit {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_ATTEMPTS",
+                format!(
+                    "too many wrong 引換番号 {whom}: {} in the last {} minutes. Check the 控え with the patient, or ask the issuing clinic to look the number up",
+                    recent.count,
+                    limits.window_seconds / 60
+                ),
+            )
+            .retry_after(recent.seconds_until_oldest_expires.max(1) as u64));
+        }
+    }
+    Ok(())
+}
+
+/// A lookup by 引換番号 that matched nothing: the failure is counted in the request's own
+/// transaction, which then commits with the 404 (a committed refusal, replayed under its
+/// Idempotency-Key), so the next lookup waiting on [`throttle::serialize`] counts it.
+pub(super) async fn failed_lookup(
+    tx: &impl GenericClient,
+    pharmacy: &str,
+    identity_hash: &[u8],
+    not_found: ApiError,
+) -> Result<Reply, ApiError> {
+    throttle::record_failure(tx, pharmacy, identity_hash).await?;
+    Ok(Reply::problem(&not_found))
 }
 
 /// The answer to a successful receive: the event (with the qualification it relied on) and the

@@ -35,6 +35,8 @@ pub struct PresendRequest {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Named apart from prescriptions::FacilityRef, whose name may be null.
+#[schema(as = PresendFacility)]
 pub struct FacilityRef {
     pub code: String,
     pub name: String,
@@ -286,7 +288,7 @@ fn incoming_view(i: Incoming, pharmacy: &str) -> IncomingPresend {
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<IncomingQuery>,
+    query: super::extract::Query<IncomingQuery>,
 ) -> Result<web::Json<IncomingList>, ApiError> {
     caller.require(PHARMACY_ROLES)?;
     let client = state.pool.get().await.map_err(DbError::from)?;

@@ -17,8 +17,10 @@ use super::state::AppState;
 use super::tx::{Reply, idempotent};
 use crate::auth::Role;
 use crate::db::{
-    DbError, GenericClient, disasters, facilities, insured, prescriptions, qualifications, staff,
+    DbError, GenericClient, access_log, disasters, facilities, insured, prescriptions,
+    qualifications, staff,
 };
+use crate::domain::access::ReadAction;
 use crate::domain::eligibility::{
     self, CERTIFICATE_ALTERNATIVE, CardAuth, CardContext, CardReading, Claim, ClaimBasis,
     Confirmed, Consent, Declaration, DisasterRef, FALLBACK_LADDER, FallbackContext,
@@ -291,7 +293,7 @@ async fn record(
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-fn card_reading(body: &CardRequest) -> Result<CardReading, ApiError> {
+pub fn card_reading(body: &CardRequest) -> Result<CardReading, ApiError> {
     let id = crate::domain::text::fold_width(body.card_id.trim());
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
@@ -323,7 +325,7 @@ fn text(e: &mut FieldErrors, field: &str, v: Option<&str>, max: usize) -> Option
 }
 
 /// Parses the body into the domain request: every missing or malformed field at once.
-fn fallback_request(body: &FallbackBody) -> Result<FallbackRequest, ApiError> {
+pub fn fallback_request(body: &FallbackBody) -> Result<FallbackRequest, ApiError> {
     use Method::*;
     let mut e = FieldErrors::new();
     let empty = PresentedInsured::default();
@@ -665,7 +667,7 @@ async fn seen_before(
     }
 }
 
-fn parse_qualification_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_qualification_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| qualification_not_found())
 }
 
@@ -842,6 +844,15 @@ pub async fn outstanding(
                 .collect(),
         });
     }
+    let listed: Vec<Uuid> = list.iter().map(|o| o.prescription_id).collect();
+    access_log::record_reads(
+        &client,
+        &listed,
+        caller.actor(),
+        ReadAction::Listed,
+        &serde_json::json!({ "qualification_id": id }),
+    )
+    .await?;
     Ok(web::Json(OutstandingList {
         qualification_id: id,
         disaster: q.view.disaster,

@@ -473,3 +473,27 @@ pub fn http_client() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
 }
+
+impl TestApp {
+    /// This test's database, reached with the test cluster's superuser credentials (the audit
+    /// tests connect as the superuser on purpose; a second relay can serve the same database).
+    pub async fn database_url(&self) -> String {
+        let name: String = self.sql_one("SELECT current_database()::text").await;
+        url_for(&name)
+    }
+}
+
+/// `prescription()` for another insured person of the same insurer (identity `insured_for`):
+/// someone with no history, so registering them never meets a duplicate from another test step.
+pub fn prescription_for(number: &str) -> Value {
+    let mut p = prescription();
+    p["insurance"]["number"] = number.into();
+    p
+}
+
+/// The insurance identity of `prescription_for(number)`.
+pub fn insured_for(number: &str) -> Value {
+    let mut i = insured();
+    i["number"] = number.into();
+    i
+}

@@ -1,6 +1,9 @@
 //! Integration tests of the HTTP API against a real PostgreSQL (see helpers.rs).
 
+mod access_control;
+mod access_log;
 mod admin;
+mod audit;
 mod auth;
 mod checks;
 mod consultation_room;
@@ -10,6 +13,7 @@ mod fallbacks;
 mod health;
 mod helpers;
 mod idempotency;
+mod interleavings;
 mod lifecycle;
 mod outages;
 mod outbox;

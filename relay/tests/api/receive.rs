@@ -323,3 +323,234 @@ async fn only_registered_pharmacies_receive() {
         .await
         .assert_problem(403, "FORBIDDEN");
 }
+
+/// Distinct wrong guesses for `right`: the numbers after it, so none is the right one.
+fn wrong_guesses(right: &str) -> impl Iterator<Item = String> {
+    let v: u32 = right.parse().unwrap();
+    (1..).map(move |i| format!("{:06}", (v + i) % 1_000_000))
+}
+
+/// The shipped `[throttle]` section of config/default.toml: what production runs with (neither
+/// production.toml nor the environment sets it), so the figures below are the real ones.
+fn shipped_throttle() -> relay::config::ThrottleSettings {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/default.toml"
+    ))
+    .expect("config/default.toml");
+    let number = |key: &str| -> i64 {
+        let section = text.split("[throttle]").nth(1).expect("[throttle] section");
+        section
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(key)?
+                    .trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("[throttle] {key} in config/default.toml"))
+    };
+    relay::config::ThrottleSettings {
+        window_seconds: number("window_seconds"),
+        identity_limit: number("identity_limit"),
+        pharmacy_limit: number("pharmacy_limit"),
+    }
+}
+
+/// The guessing budget of an attacker at one pharmacy who knows a patient's insurance identity
+/// but not the 引換番号: wrong guesses are sent until the relay refuses, and the budget is what
+/// the answers allowed (not what the settings say). Printed for SECURITY.md.
+#[tokio::test]
+async fn guessing_budget_is_the_configured_limit_per_identity_and_per_pharmacy() {
+    let limits = shipped_throttle();
+    let app = TestApp::spawn_with(|s| s.throttle = limits.clone()).await;
+    let (_, number) = registered(&app).await;
+    let attacker = app.pharmacist();
+
+    // One identity: 404 per wrong guess until 429.
+    let mut allowed = 0;
+    let mut retry_after = None;
+    for guess in wrong_guesses(&number).take(limits.identity_limit as usize + 20) {
+        let r = app.receive(&attacker, &guess, &insured()).await;
+        match r.status {
+            404 => allowed += 1,
+            429 => {
+                r.assert_problem(429, "TOO_MANY_ATTEMPTS");
+                retry_after = r.header("retry-after").and_then(|v| v.parse::<i64>().ok());
+                break;
+            }
+            other => panic!("guess {guess}: unexpected {other}: {}", r.text),
+        }
+    }
+    let retry_after = retry_after.expect("the guesses were refused at some point");
+    assert_eq!(
+        allowed, limits.identity_limit,
+        "wrong guesses answered before 429"
+    );
+    assert!(
+        (1..=limits.window_seconds).contains(&retry_after),
+        "Retry-After {retry_after} within the window of {} s",
+        limits.window_seconds
+    );
+    // Refused even with the right number: the 429 tells the attacker nothing about a guess.
+    app.receive(&attacker, &number, &insured())
+        .await
+        .assert_problem(429, "TOO_MANY_ATTEMPTS");
+    let per_hour = allowed * 3600 / limits.window_seconds;
+    println!(
+        "guesses per hour for one identity: {per_hour} ({allowed} per {} s window; Retry-After {retry_after} s after the last)",
+        limits.window_seconds
+    );
+
+    // One pharmacy over many identities, each kept below the identity limit.
+    let mut allowed = 0;
+    let mut refused = false;
+    'identities: for n in 0.. {
+        let mut identity = insured();
+        identity["number"] = format!("7{n:05}").into();
+        for guess in wrong_guesses("000000").take(limits.identity_limit as usize - 1) {
+            let r = app.receive(&app.pharmacist_2(), &guess, &identity).await;
+            match r.status {
+                404 => allowed += 1,
+                429 => {
+                    r.assert_problem(429, "TOO_MANY_ATTEMPTS");
+                    refused = true;
+                    break 'identities;
+                }
+                other => panic!("unexpected {other}: {}", r.text),
+            }
+            assert!(allowed <= limits.pharmacy_limit + 20, "never refused");
+        }
+    }
+    assert!(refused);
+    assert_eq!(
+        allowed, limits.pharmacy_limit,
+        "wrong guesses answered before 429"
+    );
+    println!(
+        "guesses per hour per pharmacy: {} ({allowed} per {} s window, over any identities)",
+        allowed * 3600 / limits.window_seconds,
+        limits.window_seconds
+    );
+}
+
+/// A burst of wrong guesses for one identity, sent at once from one pharmacy: every answer is a
+/// 404 or a 429, never a 503 (each failure used to take a second pooled connection while its
+/// transaction held one, so a burst larger than the pool starved it), and exactly the limit is
+/// answered: lookups for one identity and pharmacy run one after another (`throttle::serialize`)
+/// and each commits its failure, so guesses sent at once get no more than guesses sent in turn.
+#[tokio::test]
+async fn a_burst_of_wrong_guesses_is_answered_404_or_429_never_503() {
+    let app = TestApp::spawn_with(|s| s.database.pool_size = 8).await;
+    let (_, number) = registered(&app).await;
+    let limits = relay::config::ThrottleSettings::default();
+    let burst = 40;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(burst));
+    let mut tasks = Vec::new();
+    for guess in wrong_guesses(&number).take(burst) {
+        let http = app.http.clone();
+        let url = format!("{}/v1/prescriptions/receive", app.address);
+        let token = app.pharmacist();
+        let body = json!({"exchange_number": guess, "insured": insured()});
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }));
+    }
+    let (mut answered, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (404, _) => answered += 1,
+            (429, _) => refused += 1,
+            (other, body) => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let recorded: i64 = app.sql_one("SELECT count(*) FROM receive_failures").await;
+    println!(
+        "{burst} concurrent wrong guesses for one identity (pool of 8): {answered} answered 404, \
+         {refused} refused 429 (limit {}), {recorded} failures recorded",
+        limits.identity_limit
+    );
+    assert_eq!(recorded, answered, "every 404 is counted");
+    assert_eq!(
+        answered, limits.identity_limit,
+        "exactly the limit is answered, however the guesses arrive"
+    );
+    assert_eq!(refused, burst as i64 - limits.identity_limit);
+    // Afterwards the identity is refused, the right number too.
+    app.receive(&app.pharmacist(), &number, &insured())
+        .await
+        .assert_problem(429, "TOO_MANY_ATTEMPTS");
+}
+
+/// A fallback request by 引換番号 and identity is a lookup too: its wrong guesses count with the
+/// receive's and are refused the same way, or it would be a way round the throttle.
+#[tokio::test]
+async fn fallback_requests_by_number_are_throttled_with_the_receives() {
+    let app = TestApp::spawn().await;
+    let (_, number) = registered(&app).await;
+    let limit = relay::config::ThrottleSettings::default().identity_limit;
+    let fallback = |guess: &str| {
+        json!({"exchange_number": guess, "insured": insured(),
+               "reason": "薬局システム障害", "preferred": "fax"})
+    };
+    let mut guesses = wrong_guesses(&number);
+    // Two wrong receives, then wrong fallback requests until refused.
+    for guess in guesses.by_ref().take(2) {
+        app.receive(&app.pharmacist(), &guess, &insured())
+            .await
+            .assert_problem(404, "PRESCRIPTION_NOT_FOUND");
+    }
+    let mut allowed = 0;
+    for guess in guesses.by_ref().take(limit as usize + 20) {
+        let r = app
+            .post("/v1/fallbacks", &app.pharmacist(), &fallback(&guess))
+            .await;
+        match r.status {
+            404 => allowed += 1,
+            429 => {
+                r.assert_problem(429, "TOO_MANY_ATTEMPTS");
+                assert!(r.header("retry-after").is_some());
+                break;
+            }
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    println!("wrong guesses answered by POST /v1/fallbacks after 2 wrong receives: {allowed}");
+    assert_eq!(allowed, limit - 2, "the receive's failures count too");
+    // Refused with the right number as well, by either path, from another pharmacy too.
+    app.post("/v1/fallbacks", &app.pharmacist_2(), &fallback(&number))
+        .await
+        .assert_problem(429, "TOO_MANY_ATTEMPTS");
+    app.receive(&app.pharmacist_2(), &number, &insured())
+        .await
+        .assert_problem(429, "TOO_MANY_ATTEMPTS");
+    // By prescription id (the holder's path) nothing is guessed: not throttled.
+    app.sql("DELETE FROM receive_failures").await;
+    let got = app.receive(&app.pharmacist(), &number, &insured()).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    app.sql(&format!(
+        "INSERT INTO receive_failures (pharmacy_code, identity_hash) SELECT '{PHARMACY}', '\\x00' FROM generate_series(1, 40)"
+    ))
+    .await;
+    let r = app
+        .post(
+            "/v1/fallbacks",
+            &app.pharmacist(),
+            &json!({"prescription_id": got.body["prescription_id"], "reason": "薬局システム障害", "preferred": "fax"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
