@@ -1030,6 +1030,15 @@ fn read_header(r: &mut Reader, h: &mut Header) {
             if name.is_empty() {
                 r.fail(3, "REQUIRED", "名称 (institution name) must not be empty");
                 ok = false;
+            } else if name.chars().any(char::is_control) {
+                // Rendering writes a control character as a space, so a name of only control
+                // characters would come back as an empty one (a fuzz/ finding).
+                r.fail(
+                    3,
+                    "FORMAT",
+                    "名称 (institution name) must not contain control characters",
+                );
+                ok = false;
             }
             if ok {
                 // The check digit runs over 都道府県 and 点数表 too, so the full code is rebuilt.
@@ -2543,6 +2552,15 @@ mod tests {
             errors_of(&edited(12, &["82,1,12a"])),
             [at(12, Some(82), "引換番号", "FORMAT")]
         );
+        // Regression (fuzz/corpus/sj1/regression-control-character-name): a name of NULs was
+        // accepted, rendered as spaces, and that document was refused as nameless.
+        for name in ["\0\0\0", "検証\u{7}病院"] {
+            assert_eq!(
+                errors_of(&edited(2, &[&format!("1,1,8000010,99,{name}")])),
+                [at(2, Some(1), "名称", "FORMAT")],
+                "{name:?}"
+            );
+        }
         // Every error at once, in line order.
         let many = edited(2, &["1,1,8000011,99,検証用病院"]);
         let many = many
